@@ -1,0 +1,237 @@
+//! `backlinks`: the pipeline's binary. It wires the stages together: reads a
+//! pipeline file, schedules work units, fetches through the paced client,
+//! normalizes responses into Arrow batches and lands them in Parquet and
+//! Postgres, then prints a one-screen summary. `anyhow` lives only here.
+
+mod config;
+mod credentials;
+mod report;
+mod run;
+mod sinks;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes (also listed in the README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Some units failed or the run was interrupted; what succeeded landed.
+    pub const PARTIAL: u8 = 1;
+    /// Bad pipeline file, settings or input.
+    pub const BAD_INPUT: u8 = 2;
+    /// Authentication, payment or account problem: the run stopped.
+    pub const ACCOUNT: u8 = 3;
+}
+
+/// An error the user fixes by changing the input: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "backlinks",
+    version,
+    about = "Load DataForSEO backlink data into Postgres and Parquet, paced to the account's limits",
+    long_about = "Load DataForSEO backlink data into Postgres and Parquet.\n\n\
+        A pipeline file (TOML) names the targets, the endpoints and their request settings, \
+        the API limits and the sinks. Each (pipeline, target, snapshot date) is a partition \
+        that a run replaces whole, so re-runs never duplicate rows.\n\n\
+        Credentials come from the environment only: DATAFORSEO_LOGIN, DATAFORSEO_PASSWORD \
+        (or DATAFORSEO_PASSWORD_FILE), DATABASE_URL. DATAFORSEO_BASE_URL overrides api.base_url. \
+        Any setting can be overridden as BACKLINKS__SECTION__KEY, e.g. BACKLINKS__API__REQUESTS_PER_MINUTE=1000.\n\n\
+        Exit codes: 0 ok, 1 some units failed or the run was interrupted, 2 bad config or input, \
+        3 account problem (auth, balance)."
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter such
+    /// as `info,backlinks_fetcher=debug`. RUST_LOG, when set, wins.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline: fetch every target, land the rows, print a summary.
+    Run(RunArgs),
+    /// Check a pipeline file and its targets without calling the API.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Print every effective setting, defaults included.
+        #[arg(long)]
+        explain: bool,
+        /// Use this target CSV instead of the pipeline's.
+        #[arg(long)]
+        targets: Option<PathBuf>,
+    },
+    /// Apply the database migrations to DATABASE_URL.
+    Migrate,
+    /// Serve the local imitation of the API until Ctrl-C.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Basic-auth login the sandbox accepts.
+        #[arg(long, env = "SANDBOX_LOGIN", default_value = "sandbox")]
+        login: String,
+        /// Basic-auth password the sandbox accepts.
+        #[arg(
+            long,
+            env = "SANDBOX_PASSWORD",
+            default_value = "sandbox",
+            hide_env_values = true
+        )]
+        password: String,
+        /// Per-minute cap of the imitated account (0 = none).
+        #[arg(long, default_value_t = 2000)]
+        requests_per_minute: u32,
+        /// Latency added to every answer, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The pipeline file (TOML).
+    pub pipeline: PathBuf,
+    /// Snapshot date of the rows (YYYY-MM-DD) for backfills; default: today (UTC).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub as_of: Option<NaiveDate>,
+    /// Use this target CSV (with a `target` column) instead of the pipeline's targets.
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<PathBuf>,
+    /// Stop at the first invalid target instead of skipping it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = cli.log_format;
+    init_logging(log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(exit::PARTIAL);
+        }
+    };
+    let outcome = runtime.block_on(dispatch(cli.command));
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            match log_format {
+                LogFormat::Json => tracing::error!("{e:#}"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
+            if e.downcast_ref::<InputError>().is_some() {
+                ExitCode::from(exit::BAD_INPUT)
+            } else {
+                ExitCode::from(exit::PARTIAL)
+            }
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Validate {
+            pipeline,
+            explain,
+            targets,
+        } => run::validate(&pipeline, explain, targets.as_deref()).await,
+        Command::Migrate => {
+            let url = credentials::database_url()?;
+            let sink = backlinks_sink_postgres::PgSink::connect(&url, 1)
+                .await
+                .context("connecting to postgres")?;
+            sink.migrate().await.context("applying migrations")?;
+            println!("migrations applied");
+            Ok(exit::OK)
+        }
+        Command::Sandbox {
+            listen,
+            seed,
+            login,
+            password,
+            requests_per_minute,
+            latency_ms,
+        } => {
+            let config = backlinks_sandbox::SandboxConfig {
+                seed,
+                login,
+                password,
+                requests_per_minute,
+                latency: std::time::Duration::from_millis(latency_ms),
+                keep_log: false,
+                ..Default::default()
+            };
+            let sandbox = backlinks_sandbox::Sandbox::start(config, listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            println!(
+                "sandbox listening on {} (Ctrl-C to stop)",
+                sandbox.base_url()
+            );
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for Ctrl-C")?;
+            let stats = sandbox.stats();
+            sandbox.shutdown().await;
+            println!(
+                "served {} requests, charged ${:.4}",
+                stats.requests, stats.cost_charged
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    // Our crates at the requested level; HTTP internals stay at info unless
+    // asked for explicitly through RUST_LOG.
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                "{level},hyper=info,hyper_util=info,reqwest=info,h2=info,rustls=info"
+            ))
+        })
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}

@@ -1,0 +1,241 @@
+//! Both sinks behind one door: a partition lands in each enabled sink, and
+//! the request ledger streams into both while the run goes.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use arrow::array::RecordBatch;
+use backlinks_model::{Dataset, PartitionKey, RequestRecord, RunRecord};
+use backlinks_sink_parquet::{ParquetSink, StagedPartition};
+use backlinks_sink_postgres::{PgPartition, PgSink};
+use chrono::NaiveDate;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::config::PipelineSpec;
+use crate::credentials;
+
+/// The enabled sinks of a run. Cheap to clone.
+#[derive(Clone)]
+pub struct Sinks {
+    pub parquet: Option<Arc<ParquetSink>>,
+    pub postgres: Option<Arc<PgSink>>,
+    /// One permit per pooled connection that partitions may hold (all but
+    /// one, which stays free for the ledger). A partition of a paginated
+    /// endpoint keeps its transaction open across pages, so units queue
+    /// here, without a timeout, rather than in the pool.
+    partition_slots: Arc<Semaphore>,
+}
+
+impl Sinks {
+    /// Opens the sinks the pipeline enables: creates the Parquet directory,
+    /// connects to Postgres (and migrates it if the pipeline says so).
+    pub async fn open(spec: &PipelineSpec) -> anyhow::Result<Self> {
+        let parquet = match &spec.parquet_dir {
+            Some(dir) => Some(Arc::new(ParquetSink::new(dir).with_context(|| {
+                format!("opening the parquet directory {}", dir.display())
+            })?)),
+            None => None,
+        };
+        let slots = spec.postgres.as_ref().map_or(Semaphore::MAX_PERMITS, |pg| {
+            pg.max_connections.saturating_sub(1).max(1) as usize
+        });
+        let postgres = match &spec.postgres {
+            Some(settings) => {
+                let url = credentials::database_url()?;
+                let sink = PgSink::connect(&url, settings.max_connections)
+                    .await
+                    .context("connecting to postgres (DATABASE_URL)")?;
+                if settings.migrate {
+                    sink.migrate().await.context("applying migrations")?;
+                }
+                Some(Arc::new(sink))
+            }
+            None => None,
+        };
+        Ok(Self {
+            parquet,
+            postgres,
+            partition_slots: Arc::new(Semaphore::new(slots)),
+        })
+    }
+
+    /// Starts replacing one partition in every sink. Batches are then
+    /// streamed into it with [`PartitionWriter::write`] (a paginated
+    /// endpoint writes page by page) and land together on
+    /// [`PartitionWriter::commit`]; dropping the writer instead leaves the
+    /// previous partition intact in both sinks.
+    pub async fn begin(
+        &self,
+        key: &PartitionKey,
+        datasets: &[Dataset],
+    ) -> anyhow::Result<PartitionWriter<'_>> {
+        let parquet = match &self.parquet {
+            Some(sink) => Some(tokio::task::block_in_place(|| sink.begin(key, datasets))?),
+            None => None,
+        };
+        let (postgres, slot) = match &self.postgres {
+            Some(pg) => {
+                let slot = self
+                    .partition_slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .context("the sinks are closed")?;
+                (Some(pg.begin(key, datasets).await?), Some(slot))
+            }
+            None => (None, None),
+        };
+        Ok(PartitionWriter {
+            parquet,
+            postgres,
+            _slot: slot,
+        })
+    }
+
+    /// Replaces one partition in every sink with `parts`, all at once.
+    pub async fn write_partition(
+        &self,
+        key: &PartitionKey,
+        parts: &[(Dataset, &RecordBatch)],
+    ) -> anyhow::Result<()> {
+        let datasets: Vec<Dataset> = parts.iter().map(|(d, _)| *d).collect();
+        let mut writer = self.begin(key, &datasets).await?;
+        for (dataset, batch) in parts {
+            writer.write(*dataset, batch).await?;
+        }
+        writer.commit().await
+    }
+
+    /// Records the run's row in Postgres (insert, then update at the end).
+    pub async fn record_run(&self, run: &RunRecord) -> anyhow::Result<()> {
+        if let Some(pg) = &self.postgres {
+            let batch = backlinks_normalizer::ledger::run_batch(run)?;
+            pg.upsert_run(&batch)
+                .await
+                .context("recording the run in postgres")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the final run row to Parquet (`runs/snapshot_date=…/`).
+    pub fn finish_run_file(&self, run: &RunRecord) -> anyhow::Result<()> {
+        if let Some(sink) = &self.parquet {
+            let batch = backlinks_normalizer::ledger::run_batch(run)?;
+            let stem = format!("{}__{}", run.pipeline, run.run_id);
+            let mut file = sink.create(Dataset::Runs, run.snapshot_date, &stem)?;
+            file.write(&batch)?;
+            file.finish()?;
+        }
+        Ok(())
+    }
+}
+
+/// One partition being replaced in every enabled sink: Parquet files
+/// staged under temporary names, a Postgres transaction.
+pub struct PartitionWriter<'a> {
+    parquet: Option<StagedPartition>,
+    postgres: Option<PgPartition<'a>>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl PartitionWriter<'_> {
+    /// Appends a batch to `dataset` of the partition in every sink.
+    pub async fn write(&mut self, dataset: Dataset, batch: &RecordBatch) -> anyhow::Result<()> {
+        if let Some(staged) = &mut self.parquet {
+            tokio::task::block_in_place(|| staged.write(dataset, batch))?;
+        }
+        if let Some(tx) = &mut self.postgres {
+            tx.write(dataset, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Lands the partition: the Postgres transaction commits first, then
+    /// the Parquet files are renamed into place. A failure before the
+    /// commit leaves the previous partition intact in both sinks.
+    pub async fn commit(self) -> anyhow::Result<()> {
+        if let Some(tx) = self.postgres {
+            tx.commit().await?;
+        }
+        if let Some(staged) = self.parquet {
+            tokio::task::block_in_place(|| staged.commit())?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams request records into the `requests` dataset of both sinks in
+/// batches, so the ledger never waits for the end of the run (and memory
+/// does not grow with it).
+pub struct Ledger {
+    tx: mpsc::Sender<RequestRecord>,
+    task: JoinHandle<anyhow::Result<u64>>,
+}
+
+const LEDGER_BATCH: usize = 500;
+
+impl Ledger {
+    pub fn start(
+        sinks: Sinks,
+        run_id: String,
+        pipeline: Arc<str>,
+        snapshot_date: NaiveDate,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<RequestRecord>(LEDGER_BATCH * 2);
+        let task = tokio::spawn(async move {
+            let mut file = match &sinks.parquet {
+                Some(sink) => Some(sink.create(
+                    Dataset::Requests,
+                    snapshot_date,
+                    &format!("{pipeline}__{run_id}"),
+                )?),
+                None => None,
+            };
+            let mut written = 0u64;
+            let mut buffer = Vec::with_capacity(LEDGER_BATCH);
+            loop {
+                let open = rx.recv_many(&mut buffer, LEDGER_BATCH).await > 0;
+                if !buffer.is_empty() {
+                    let batch = backlinks_normalizer::ledger::requests_batch(
+                        &run_id,
+                        &pipeline,
+                        snapshot_date,
+                        &buffer,
+                    )?;
+                    if let Some(pg) = &sinks.postgres {
+                        pg.append(Dataset::Requests, &batch)
+                            .await
+                            .context("writing the request ledger to postgres")?;
+                    }
+                    if let Some(file) = &mut file {
+                        tokio::task::block_in_place(|| file.write(&batch))
+                            .context("writing the request ledger to parquet")?;
+                    }
+                    written += buffer.len() as u64;
+                    buffer.clear();
+                }
+                if !open {
+                    break;
+                }
+            }
+            if let Some(file) = file {
+                tokio::task::block_in_place(|| file.finish())
+                    .context("closing the request ledger file")?;
+            }
+            Ok(written)
+        });
+        Self { tx, task }
+    }
+
+    pub async fn record(&self, record: RequestRecord) {
+        // If the ledger task died, its error is reported by `finish`.
+        let _ = self.tx.send(record).await;
+    }
+
+    /// Flushes the ledger; returns the number of records written.
+    pub async fn finish(self) -> anyhow::Result<u64> {
+        drop(self.tx);
+        self.task.await.context("the ledger task panicked")?
+    }
+}

@@ -1,0 +1,260 @@
+//! Shared helpers of the end-to-end tests: a sandbox, a scratch database,
+//! the binary, and readers that turn both sinks into comparable records.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
+use backlinks_sandbox::{Sandbox, SandboxConfig};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+pub const LOGIN: &str = "e2e-login@example.com";
+pub const PASSWORD: &str = "e2e-Pa55w0rd-never-printed";
+
+/// A record in canonical form: column name → JSON value; timestamps as
+/// microseconds since the epoch, dates as `YYYY-MM-DD`, JSON columns parsed.
+pub type Record = BTreeMap<String, Value>;
+
+pub async fn sandbox(config: SandboxConfig) -> Sandbox {
+    Sandbox::start(
+        SandboxConfig {
+            login: LOGIN.into(),
+            password: PASSWORD.into(),
+            ..config
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("sandbox starts")
+}
+
+/// A fresh database on the server of `DATABASE_URL`, dropped by nobody: the
+/// name is unique per call, and tests leave it for inspection.
+pub async fn scratch_database(tag: &str) -> String {
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut admin = PgConnection::connect(&base)
+        .await
+        .expect("DATABASE_URL reachable");
+    let name = format!(
+        "backlinks_e2e_{tag}_{}",
+        uuid::Uuid::now_v7().simple().to_string()[..16].to_owned()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create database");
+    let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub struct Run {
+    pub output: Output,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+}
+
+/// Runs the binary with a clean environment plus `env`.
+pub fn backlinks(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlinks"));
+    cmd.args(args).current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DATAFORSEO_")
+            || k.starts_with("BACKLINKS__")
+            || k == "DATABASE_URL"
+            || k == "RUST_LOG"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let output = cmd.output().expect("the binary runs");
+    Run { output }
+}
+
+/// Runs the binary on a blocking thread (the sandbox lives on the test's runtime).
+pub async fn backlinks_async(args: Vec<String>, env: Vec<(String, String)>, cwd: PathBuf) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        backlinks(&args, &env, &cwd)
+    })
+    .await
+    .expect("runner thread")
+}
+
+pub fn api_env(sandbox: &Sandbox) -> Vec<(String, String)> {
+    vec![
+        ("DATAFORSEO_BASE_URL".into(), sandbox.base_url()),
+        ("DATAFORSEO_LOGIN".into(), LOGIN.into()),
+        ("DATAFORSEO_PASSWORD".into(), PASSWORD.into()),
+    ]
+}
+
+/// Every record of every Parquet file of `dataset` under `root`.
+pub fn parquet_records(root: &Path, dataset: &str) -> Vec<Record> {
+    let mut records = Vec::new();
+    let dir = root.join(dataset);
+    let Ok(dates) = std::fs::read_dir(&dir) else {
+        return records;
+    };
+    for date in dates {
+        let date = date.expect("dir entry").path();
+        for file in std::fs::read_dir(&date).expect("date dir") {
+            let path = file.expect("dir entry").path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".parquet") || name.starts_with('.') {
+                continue;
+            }
+            let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                records.extend(batch_records(&batch.unwrap()));
+            }
+        }
+    }
+    records
+}
+
+/// Names of temporary files left anywhere under `root`.
+pub fn leftover_temp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !path.to_string_lossy().ends_with(".parquet")
+                || path.file_name().unwrap().to_string_lossy().starts_with('.')
+            {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+const JSON_COLUMNS: [&str; 4] = ["extra", "rows", "unknown_fields", "settings"];
+
+pub fn batch_records(batch: &RecordBatch) -> Vec<Record> {
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|row| {
+            schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, field)| {
+                    let value = cell(batch.column(i).as_ref(), row);
+                    let value = match (JSON_COLUMNS.contains(&field.name().as_str()), value) {
+                        (true, Value::String(s)) => serde_json::from_str(&s).unwrap(),
+                        (_, v) => v,
+                    };
+                    (field.name().clone(), value)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn cell(array: &dyn Array, row: usize) -> Value {
+    if array.is_null(row) {
+        return Value::Null;
+    }
+    match array.data_type() {
+        DataType::Utf8 => json!(array.as_string::<i32>().value(row)),
+        DataType::Int64 => json!(array.as_primitive::<Int64Type>().value(row)),
+        DataType::Float64 => json!(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Boolean => json!(array.as_boolean().value(row)),
+        DataType::Date32 => {
+            let days = array.as_primitive::<Date32Type>().value(row);
+            let date = chrono::NaiveDate::default() + chrono::Duration::days(i64::from(days));
+            json!(date.to_string())
+        }
+        DataType::Timestamp(_, _) => {
+            json!(array.as_primitive::<TimestampMicrosecondType>().value(row))
+        }
+        DataType::List(_) => {
+            let list = array.as_list::<i32>().value(row);
+            let strings = list.as_string::<i32>();
+            Value::Array(
+                (0..strings.len())
+                    .map(|i| {
+                        if strings.is_null(i) {
+                            Value::Null
+                        } else {
+                            json!(strings.value(i))
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        other => panic!("unexpected type {other}"),
+    }
+}
+
+/// Every row of a Postgres table, canonical like [`parquet_records`].
+pub async fn postgres_records(url: &str, table: &str) -> Vec<Record> {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let rows: Vec<(Value,)> = sqlx::query_as(&format!("SELECT to_jsonb(t) FROM {table} t"))
+        .fetch_all(&mut conn)
+        .await
+        .expect("select");
+    let timestamp_columns: Vec<(String,)> = sqlx::query_as(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 AND data_type = 'timestamp with time zone'",
+    )
+    .bind(table)
+    .fetch_all(&mut conn)
+    .await
+    .expect("columns");
+    rows.into_iter()
+        .map(|(row,)| {
+            let Value::Object(map) = row else {
+                panic!("row is an object")
+            };
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match (&v, timestamp_columns.iter().any(|(c,)| *c == k)) {
+                        (Value::String(s), true) => json!(
+                            chrono::DateTime::parse_from_rfc3339(s)
+                                .unwrap_or_else(|e| panic!("{k}: {s}: {e}"))
+                                .timestamp_micros()
+                        ),
+                        _ => v,
+                    };
+                    (k, v)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Microseconds since the epoch of an API date string.
+pub fn api_micros(s: &str) -> i64 {
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %:z")
+        .unwrap()
+        .timestamp_micros()
+}

@@ -1,0 +1,120 @@
+//! The pipeline's one door to the API.
+//!
+//! A [`Fetcher`] owns one HTTP client and sends a task to an endpoint with
+//! [`Fetcher::post`]: it waits for a place among `max_in_flight`, then for
+//! its slot from the [`Pacer`] (requests evenly spaced at
+//! `requests_per_minute`, slowed down when the API still says 40202/40209),
+//! sends, classifies the answer by the status codes inside the envelope
+//! (DESIGN.md §2) and retries what is worth retrying with capped exponential
+//! backoff and jitter. Account problems stop every further request.
+//!
+//! A task enters as a serialisable value; an [`Exchange`] leaves: the
+//! [`RequestRecord`](backlinks_model::RequestRecord) for the ledger and, on
+//! success, the response body (for the normalizer) with its task id and
+//! cost. The fetcher knows nothing of rows.
+
+mod client;
+mod pacer;
+
+use std::time::Duration;
+
+pub use client::{Exchange, Fetched, Fetcher, FetcherStats};
+pub use pacer::Pacer;
+
+use backlinks_model::Secret;
+
+/// Errors of one request (all attempts together). Messages quote the API's
+/// status code and message, never credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Authentication, payment or account state: the run must stop.
+    #[error(
+        "account problem: the API answered {code} `{message}`; every further request would fail too"
+    )]
+    Account { code: i64, message: String },
+    /// The request is wrong; sending it again would not help.
+    #[error("request refused: the API answered {code} `{message}`")]
+    BadRequest { code: i64, message: String },
+    /// Every attempt failed with a retryable error.
+    #[error("gave up after {attempts} attempts; last error: {last}")]
+    Exhausted { attempts: u32, last: String },
+    /// The run was stopped (Ctrl-C, account problem elsewhere) first.
+    #[error("cancelled before an answer arrived")]
+    Cancelled,
+    /// The HTTP client could not be built (TLS backend, bad settings).
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How often and how patiently to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included (≥ 1).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time.
+    pub initial_backoff: Duration,
+    /// Cap of the backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Backoff before attempt `attempt + 1` (after `attempt` failures):
+    /// "equal jitter", half fixed and half random, so waits never collapse
+    /// to zero and concurrent retries spread out.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let capped = exp.min(self.max_backoff);
+        let half = capped / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Everything the fetcher needs to talk to the API.
+#[derive(Debug, Clone)]
+pub struct FetcherConfig {
+    /// Scheme, host and optional port, without a trailing slash.
+    pub base_url: String,
+    pub login: String,
+    pub password: Secret,
+    pub requests_per_minute: u32,
+    pub max_in_flight: u32,
+    /// Per attempt; must exceed the API's own 120 s for live requests.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        for _ in 0..100 {
+            let first = policy.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = policy.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = policy.backoff(30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_secs(1));
+        }
+    }
+}

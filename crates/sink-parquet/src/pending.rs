@@ -1,0 +1,242 @@
+//! One Parquet file on its way into place: written under a temporary name,
+//! closed and fsync'd, renamed onto its final name, or removed if abandoned.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+use backlinks_model::Dataset;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use crate::{Error, Result};
+
+/// Rows per row group at most: bounds the memory a writer holds.
+pub(crate) const MAX_ROW_GROUP_ROWS: usize = 65_536;
+
+/// Buffered bytes after which the row group in progress is flushed early.
+pub(crate) const FLUSH_BYTES: usize = 32 * 1024 * 1024;
+
+/// The zstd level of every file.
+const ZSTD_LEVEL: i32 = 3;
+
+/// The key of the file metadata entry that names the dataset.
+pub(crate) const DATASET_METADATA_KEY: &str = "backlinks.dataset";
+
+/// A file being written at `tmp`, to be renamed to `dest`.
+#[derive(Debug)]
+pub(crate) struct PendingFile {
+    pub(crate) dataset: Dataset,
+    dest: PathBuf,
+    tmp: PathBuf,
+    /// Opened on the first write (or on close, for a file with no rows).
+    writer: Option<ArrowWriter<File>>,
+    /// Whether `tmp` exists and belongs to us: removed on drop.
+    on_disk: bool,
+    /// Set when writing failed part way: the file is abandoned.
+    failed: bool,
+    rows: u64,
+}
+
+impl PendingFile {
+    /// A file `<dir>/<stem>.parquet`, written at `<dir>/.<stem>.parquet.tmp-<uuid>`.
+    pub(crate) fn new(dataset: Dataset, dir: &Path, stem: &str) -> Self {
+        let name = format!("{stem}.parquet");
+        let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::now_v7().simple()));
+        Self {
+            dataset,
+            dest: dir.join(name),
+            tmp,
+            writer: None,
+            on_disk: false,
+            failed: false,
+            rows: 0,
+        }
+    }
+
+    /// The final path of the file.
+    pub(crate) fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// The directory the file lands in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dest.parent().unwrap_or_else(|| Path::new("."))
+    }
+
+    /// Rows written so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Appends `batch`, which must have the dataset's columns.
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.check_usable()?;
+        let batch = conform(self.dataset, batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let result = self.write_inner(&batch);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn write_inner(&mut self, batch: &RecordBatch) -> Result<()> {
+        let tmp = self.tmp.clone();
+        let writer = self.open()?;
+        writer.write(batch).map_err(|source| Error::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
+        if writer.in_progress_size() > FLUSH_BYTES {
+            writer
+                .flush()
+                .map_err(|source| Error::Parquet { path: tmp, source })?;
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Writes the footer and fsyncs the temporary file. A file that got no
+    /// rows is written with the dataset's schema and zero rows.
+    pub(crate) fn close(&mut self) -> Result<()> {
+        self.check_usable()?;
+        let result = self.close_inner();
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
+        self.open()?;
+        let Some(writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let file = writer.into_inner().map_err(|source| Error::Parquet {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        file.sync_all().map_err(|source| Error::Io {
+            action: "syncing",
+            path: self.tmp.clone(),
+            source,
+        })
+    }
+
+    /// Renames the closed temporary file onto its final name, replacing the
+    /// previous file whole.
+    pub(crate) fn persist(&mut self) -> Result<()> {
+        self.check_usable()?;
+        fs::rename(&self.tmp, &self.dest).map_err(|source| Error::Io {
+            action: "replacing",
+            path: self.dest.clone(),
+            source,
+        })?;
+        self.on_disk = false;
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            Err(Error::Abandoned {
+                path: self.dest.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The writer, creating the temporary file on first use.
+    fn open(&mut self) -> Result<&mut ArrowWriter<File>> {
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&self.tmp)
+                    .map_err(|source| Error::Io {
+                        action: "creating",
+                        path: self.tmp.clone(),
+                        source,
+                    })?;
+                self.on_disk = true;
+                let parquet = |source| Error::Parquet {
+                    path: self.tmp.clone(),
+                    source,
+                };
+                let props = properties(self.dataset).map_err(parquet)?;
+                ArrowWriter::try_new(file, self.dataset.schema(), Some(props)).map_err(parquet)?
+            }
+        };
+        Ok(self.writer.insert(writer))
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        // Close the handle before removing the file.
+        drop(self.writer.take());
+        if self.on_disk {
+            if let Err(error) = fs::remove_file(&self.tmp) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(
+                        path = %self.tmp.display(),
+                        %error,
+                        "could not remove an abandoned temporary parquet file"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Writer properties of every file: zstd, dictionaries, statistics, bounded
+/// row groups, and the dataset's name in the key/value metadata.
+fn properties(dataset: Dataset) -> parquet::errors::Result<WriterProperties> {
+    let level = ZstdLevel::try_new(ZSTD_LEVEL)?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            DATASET_METADATA_KEY.to_owned(),
+            dataset.name().to_owned(),
+        )]))
+        .build())
+}
+
+/// `batch` with the dataset's schema, or an error naming the dataset and the
+/// first difference: column names must match in order, types exactly, and a
+/// non-nullable column must hold no nulls.
+fn conform(dataset: Dataset, batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = dataset.schema();
+    let error = |message: String| Error::Schema {
+        dataset: dataset.name(),
+        message,
+    };
+    let got = batch.schema();
+    if got.fields().len() != schema.fields().len() {
+        return Err(error(format!(
+            "the batch has {} columns, the dataset {}",
+            got.fields().len(),
+            schema.fields().len()
+        )));
+    }
+    for (index, (expected, actual)) in schema.fields().iter().zip(got.fields()).enumerate() {
+        if expected.name() != actual.name() {
+            return Err(error(format!(
+                "column {index} is `{}`, expected `{}`",
+                actual.name(),
+                expected.name()
+            )));
+        }
+    }
+    RecordBatch::try_new(schema, batch.columns().to_vec()).map_err(|e| error(e.to_string()))
+}

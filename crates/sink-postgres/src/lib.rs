@@ -1,0 +1,215 @@
+//! The Postgres sink of the backlinks pipeline.
+//!
+//! [`PgSink`] holds a connection pool and applies the embedded migrations of
+//! `migrations/` ([`PgSink::migrate`]), whose tables mirror the Arrow schemas
+//! of `backlinks_model::schema`. Data enters as Arrow `RecordBatch`es and
+//! leaves as rows loaded with binary `COPY … FROM STDIN`, encoded column by
+//! column against the table's column types (read once from the catalog and
+//! cached). A partition (pipeline, target, snapshot date) is replaced whole
+//! in one transaction, [`PgPartition`]: [`PgSink::begin`] locks the partition
+//! and deletes its rows, [`PgPartition::write`] copies batches in,
+//! [`PgPartition::commit`] makes the new rows visible at once. The run
+//! ledger goes through [`PgSink::append`] (`requests`) and
+//! [`PgSink::upsert_run`] (`runs`).
+//!
+//! Text cannot hold the NUL character in Postgres: it is stored as U+FFFD,
+//! in `text`, `text[]` and `jsonb` columns alike. Errors name the table,
+//! column and partition involved, never the database password.
+
+mod catalog;
+mod connect;
+mod copy;
+mod partition;
+
+use arrow::array::RecordBatch;
+use backlinks_model::{Dataset, PartitionKey, Secret};
+use bytes::BytesMut;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+use crate::catalog::Catalog;
+use crate::copy::{copy_in, quote_ident};
+pub use crate::partition::PgPartition;
+
+/// The migrations of `migrations/`, embedded at compile time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// What went wrong in the Postgres sink.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database URL was invalid or no connection could be made. The
+    /// message names host, database and user, never the password.
+    #[error("{0}")]
+    Connect(String),
+    /// Applying the migrations failed.
+    #[error("the database migrations could not be applied")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A statement failed; `action` says what the sink was doing, e.g.
+    /// `replacing summary of example.com 2026-01-15 (pipeline nightly)`.
+    #[error("{action}")]
+    Query {
+        action: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A value or an Arrow type that the table's column cannot take.
+    #[error("cannot write column {column} of table {table}: {message}")]
+    Encode {
+        table: String,
+        column: String,
+        message: String,
+    },
+    /// The batch has a column the table lacks.
+    #[error("table {table} has no column {column}")]
+    UnknownColumn { table: String, column: String },
+    /// [`PgPartition::write`] got a dataset not named in [`PgSink::begin`].
+    #[error("{table} is not part of the open partition {partition}")]
+    NotInPartition {
+        table: &'static str,
+        partition: String,
+    },
+    /// [`PgSink::begin`] got a dataset that is not replaced per partition
+    /// (not in `Dataset::PARTITIONED`).
+    #[error("{table} is not a partitioned dataset")]
+    NotPartitioned { table: &'static str },
+}
+
+/// The sink's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A connection pool to the warehouse database, with the column types of
+/// the tables written so far. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct PgSink {
+    pool: PgPool,
+    catalog: Catalog,
+}
+
+impl PgSink {
+    /// Connects to `url` (`postgres://user:password@host:port/database`)
+    /// with a pool of at most `max_connections`, sessions named `backlinks`
+    /// and a 30 s wait for a free connection. Fails unless one connection
+    /// can be made.
+    pub async fn connect(url: &Secret, max_connections: u32) -> Result<PgSink> {
+        Ok(Self::from_pool(connect::pool(url, max_connections).await?))
+    }
+
+    /// A sink on an existing pool.
+    pub fn from_pool(pool: PgPool) -> PgSink {
+        PgSink {
+            pool,
+            catalog: Catalog::default(),
+        }
+    }
+
+    /// Applies the migrations not yet applied.
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await.map_err(Error::Migrate)?;
+        // Tables may have changed.
+        self.catalog.clear();
+        Ok(())
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Opens the partition `key` for replacement: starts a transaction,
+    /// waits for the partition's advisory lock (so two runs of the same
+    /// partition never interleave) and deletes the partition's rows from
+    /// each of `datasets`, which must be partitioned datasets
+    /// (`Dataset::PARTITIONED`).
+    pub async fn begin(&self, key: &PartitionKey, datasets: &[Dataset]) -> Result<PgPartition<'_>> {
+        PgPartition::begin(self, key, datasets).await
+    }
+
+    /// Adds the rows of `batch` to `dataset` with one `COPY` (one
+    /// statement, so all rows land or none), deleting nothing: the request
+    /// ledger.
+    pub async fn append(&self, dataset: Dataset, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let table = dataset.name();
+        let action = || format!("appending {} rows to {table}", batch.num_rows());
+        let mut conn = self.pool.acquire().await.map_err(|source| Error::Query {
+            action: action(),
+            source,
+        })?;
+        let columns = self.catalog.columns(&mut conn, table).await?;
+        let mut buf = BytesMut::new();
+        let rows = copy_in(&mut conn, table, &columns, batch, &mut buf, &action).await?;
+        tracing::debug!(table, rows, "appended");
+        Ok(())
+    }
+
+    /// Inserts the rows of a `runs` batch, or updates every column of a run
+    /// that is already there (same `run_id`).
+    pub async fn upsert_run(&self, batch: &RecordBatch) -> Result<()> {
+        self.upsert(Dataset::Runs, batch, &["run_id"]).await
+    }
+
+    /// Upserts `batch` into `dataset` by `key`: copies it into a temporary
+    /// table shaped like the target, then `INSERT … ON CONFLICT DO UPDATE`
+    /// of every other column, in one transaction.
+    async fn upsert(&self, dataset: Dataset, batch: &RecordBatch, key: &[&str]) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let table = dataset.name();
+        let action = || format!("upserting {} rows into {table}", batch.num_rows());
+        let query = |source| Error::Query {
+            action: action(),
+            source,
+        };
+        let mut tx = self.pool.begin().await.map_err(query)?;
+        let columns = self.catalog.columns(&mut tx, table).await?;
+        let stage = format!("backlinks_stage_{table}");
+        sqlx::query(&format!(
+            "CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP",
+            quote_ident(&stage),
+            quote_ident(table)
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(query)?;
+        let mut buf = BytesMut::new();
+        copy_in(&mut tx, &stage, &columns, batch, &mut buf, &action).await?;
+
+        let names: Vec<String> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let list = names.join(", ");
+        let updates: Vec<String> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .filter(|f| !key.contains(&f.name().as_str()))
+            .map(|f| format!("{0} = EXCLUDED.{0}", quote_ident(f.name())))
+            .collect();
+        let conflict: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+        let on_conflict = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        sqlx::query(&format!(
+            "INSERT INTO {} ({list}) SELECT {list} FROM {} ON CONFLICT ({}) {on_conflict}",
+            quote_ident(table),
+            quote_ident(&stage),
+            conflict.join(", "),
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(query)?;
+        tx.commit().await.map_err(query)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+//! One partition replaced in one transaction.
+
+use backlinks_model::{Dataset, PartitionKey};
+use bytes::BytesMut;
+use sqlx::{Postgres, Transaction};
+
+use crate::copy::{copy_in, quote_ident};
+use crate::{Error, PgSink, Result};
+
+/// An open partition: a transaction that holds the partition's advisory
+/// lock and has deleted its previous rows from the named datasets.
+///
+/// [`write`](Self::write) batches into it, then [`commit`](Self::commit).
+/// Dropping it without committing rolls everything back, the previous rows
+/// included.
+pub struct PgPartition<'a> {
+    sink: &'a PgSink,
+    tx: Transaction<'static, Postgres>,
+    key: PartitionKey,
+    datasets: Vec<Dataset>,
+    buf: BytesMut,
+    rows: u64,
+}
+
+/// `example.com 2026-01-15 (pipeline nightly)`: a partition in messages.
+pub(crate) fn describe(key: &PartitionKey) -> String {
+    format!(
+        "{} {} (pipeline {})",
+        key.target, key.snapshot_date, key.pipeline
+    )
+}
+
+/// A stable 64-bit key of the partition for `pg_advisory_xact_lock`: FNV-1a
+/// over the length-prefixed pipeline, target and date, the same in every
+/// process and build.
+pub(crate) fn lock_key(key: &PartitionKey) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let date = key.snapshot_date.format("%Y-%m-%d").to_string();
+    let mut hash = OFFSET;
+    for part in [&*key.pipeline, key.target.as_str(), date.as_str()] {
+        let len = (part.len() as u64).to_le_bytes();
+        for byte in len.iter().chain(part.as_bytes()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+impl<'a> PgPartition<'a> {
+    /// See [`PgSink::begin`].
+    pub(crate) async fn begin(
+        sink: &'a PgSink,
+        key: &PartitionKey,
+        datasets: &[Dataset],
+    ) -> Result<Self> {
+        let mut names = Vec::with_capacity(datasets.len());
+        for dataset in datasets {
+            if !Dataset::PARTITIONED.contains(dataset) {
+                return Err(Error::NotPartitioned {
+                    table: dataset.name(),
+                });
+            }
+            if !names.contains(dataset) {
+                names.push(*dataset);
+            }
+        }
+        let partition = describe(key);
+        let mut tx = sink.pool.begin().await.map_err(|source| Error::Query {
+            action: format!("starting the transaction of {partition}"),
+            source,
+        })?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key(key))
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| Error::Query {
+                action: format!("locking {partition}"),
+                source,
+            })?;
+        for dataset in &names {
+            let table = dataset.name();
+            let deleted = sqlx::query(&format!(
+                "DELETE FROM {} WHERE pipeline = $1 AND target = $2 AND snapshot_date = $3",
+                quote_ident(table)
+            ))
+            .bind(&*key.pipeline)
+            .bind(key.target.as_str())
+            .bind(key.snapshot_date)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| Error::Query {
+                action: format!("replacing {table} of {partition}"),
+                source,
+            })?
+            .rows_affected();
+            tracing::debug!(table, target = %key.target, deleted, "cleared the partition");
+        }
+        Ok(Self {
+            sink,
+            tx,
+            key: key.clone(),
+            datasets: names,
+            buf: BytesMut::new(),
+            rows: 0,
+        })
+    }
+
+    /// Bulk loads `batch` into `dataset` with a binary `COPY`. May be called
+    /// any number of times per dataset; the rows become visible at
+    /// [`commit`](Self::commit). Every column of the batch must exist in the
+    /// table (others get their default, NULL). After an error the
+    /// transaction may be unusable: drop the partition (which rolls back)
+    /// instead of writing on.
+    pub async fn write(
+        &mut self,
+        dataset: Dataset,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<()> {
+        let table = dataset.name();
+        if !self.datasets.contains(&dataset) {
+            return Err(Error::NotInPartition {
+                table,
+                partition: describe(&self.key),
+            });
+        }
+        let columns = self.sink.catalog.columns(&mut self.tx, table).await?;
+        let key = &self.key;
+        let rows = copy_in(&mut self.tx, table, &columns, batch, &mut self.buf, || {
+            format!("replacing {table} of {}", describe(key))
+        })
+        .await?;
+        self.rows += rows;
+        tracing::debug!(table, target = %key.target, rows, "copied into the partition");
+        Ok(())
+    }
+
+    /// Commits the partition: the new rows replace the old ones at once.
+    pub async fn commit(self) -> Result<()> {
+        let partition = describe(&self.key);
+        self.tx.commit().await.map_err(|source| Error::Query {
+            action: format!("committing {partition}"),
+            source,
+        })?;
+        tracing::debug!(partition, rows = self.rows, "committed the partition");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backlinks_model::Target;
+    use chrono::NaiveDate;
+
+    use super::*;
+
+    fn key(pipeline: &str, target: &str, day: u32) -> PartitionKey {
+        PartitionKey {
+            pipeline: pipeline.into(),
+            target: Target::from_normalized(target),
+            snapshot_date: NaiveDate::from_ymd_opt(2026, 1, day).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_lock_key_is_stable_and_tells_partitions_apart() {
+        let a = key("nightly", "example.com", 15);
+        // A fixed value (FNV-1a computed by hand): the key must not change
+        // between builds, or two versions running side by side would not
+        // exclude each other.
+        assert_eq!(lock_key(&a), -1_111_223_642_389_071_120);
+        assert_ne!(lock_key(&a), lock_key(&key("nightly", "example.com", 16)));
+        assert_ne!(lock_key(&a), lock_key(&key("nightly", "example.org", 15)));
+        // Length prefixes keep the parts apart.
+        assert_ne!(lock_key(&key("ab", "c", 15)), lock_key(&key("a", "bc", 15)));
+    }
+
+    #[test]
+    fn messages_name_the_partition() {
+        assert_eq!(
+            describe(&key("nightly", "example.com", 15)),
+            "example.com 2026-01-15 (pipeline nightly)"
+        );
+    }
+}
