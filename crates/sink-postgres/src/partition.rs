@@ -30,15 +30,22 @@ pub(crate) fn describe(key: &PartitionKey) -> String {
     )
 }
 
-/// A stable 64-bit key of the partition for `pg_advisory_xact_lock`: FNV-1a
-/// over the length-prefixed pipeline, target and date, the same in every
-/// process and build.
-pub(crate) fn lock_key(key: &PartitionKey) -> i64 {
+/// A stable 64-bit key of one dataset of a partition for
+/// `pg_advisory_xact_lock`: FNV-1a over the length-prefixed pipeline,
+/// target, date and table, the same in every process and build. Locking per
+/// table lets the summary and the backlinks of one target load side by side
+/// while two writers of the same table of a partition exclude each other.
+pub(crate) fn lock_key(key: &PartitionKey, dataset: Dataset) -> i64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let date = key.snapshot_date.format("%Y-%m-%d").to_string();
     let mut hash = OFFSET;
-    for part in [&*key.pipeline, key.target.as_str(), date.as_str()] {
+    for part in [
+        &*key.pipeline,
+        key.target.as_str(),
+        date.as_str(),
+        dataset.name(),
+    ] {
         let len = (part.len() as u64).to_le_bytes();
         for byte in len.iter().chain(part.as_bytes()) {
             hash ^= u64::from(*byte);
@@ -66,19 +73,24 @@ impl<'a> PgPartition<'a> {
                 names.push(*dataset);
             }
         }
+        // Locks are always taken in the same (name) order, so two writers
+        // of overlapping dataset sets cannot deadlock.
+        names.sort_by_key(|d| d.name());
         let partition = describe(key);
         let mut tx = sink.pool.begin().await.map_err(|source| Error::Query {
             action: format!("starting the transaction of {partition}"),
             source,
         })?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock_key(key))
-            .execute(&mut *tx)
-            .await
-            .map_err(|source| Error::Query {
-                action: format!("locking {partition}"),
-                source,
-            })?;
+        for dataset in &names {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key(key, *dataset))
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| Error::Query {
+                    action: format!("locking {} of {partition}", dataset.name()),
+                    source,
+                })?;
+        }
         for dataset in &names {
             let table = dataset.name();
             let deleted = sqlx::query(&format!(
@@ -163,17 +175,30 @@ mod tests {
         }
     }
 
+    // FNV-1a of the length-prefixed parts, computed independently.
+    const LOCK_KEY_OF_A: i64 = 6_302_203_641_059_085_265;
+
     #[test]
     fn the_lock_key_is_stable_and_tells_partitions_apart() {
+        let s = Dataset::Summary;
         let a = key("nightly", "example.com", 15);
-        // A fixed value (FNV-1a computed by hand): the key must not change
-        // between builds, or two versions running side by side would not
-        // exclude each other.
-        assert_eq!(lock_key(&a), -1_111_223_642_389_071_120);
-        assert_ne!(lock_key(&a), lock_key(&key("nightly", "example.com", 16)));
-        assert_ne!(lock_key(&a), lock_key(&key("nightly", "example.org", 15)));
+        // A fixed value: the key must not change between builds, or two
+        // versions running side by side would not exclude each other.
+        assert_eq!(lock_key(&a, s), LOCK_KEY_OF_A);
+        assert_ne!(
+            lock_key(&a, s),
+            lock_key(&key("nightly", "example.com", 16), s)
+        );
+        assert_ne!(
+            lock_key(&a, s),
+            lock_key(&key("nightly", "example.org", 15), s)
+        );
+        assert_ne!(lock_key(&a, s), lock_key(&a, Dataset::Backlinks));
         // Length prefixes keep the parts apart.
-        assert_ne!(lock_key(&key("ab", "c", 15)), lock_key(&key("a", "bc", 15)));
+        assert_ne!(
+            lock_key(&key("ab", "c", 15), s),
+            lock_key(&key("a", "bc", 15), s)
+        );
     }
 
     #[test]
