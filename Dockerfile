@@ -12,6 +12,9 @@ RUN apt-get update \
  && useradd --create-home --uid 10001 backlinks
 COPY --from=build /usr/local/bin/backlinks /usr/local/bin/backlinks
 COPY pipelines /app/pipelines
+# Parquet output and the state directory (raw archive, run manifests):
+# writable by the runtime user; mount volumes here to keep them.
+RUN mkdir -p /app/data /app/state && chown backlinks /app/data /app/state
 WORKDIR /app
 USER backlinks
 ENTRYPOINT ["backlinks"]

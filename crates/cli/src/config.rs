@@ -30,6 +30,12 @@ pub struct RawPipeline {
     pub api: RawApi,
     #[serde(default)]
     pub sinks: RawSinks,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub budget: RawBudget,
+    #[serde(default)]
+    pub pricing: RawPricing,
     /// When present, the run starts an in-process imitation of the API and
     /// talks to it instead (no account needed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +161,9 @@ pub struct RawApi {
     pub max_in_flight: u32,
     /// Per attempt; live requests can take 120 s on the API's side.
     pub timeout_secs: u64,
+    /// After Ctrl-C or SIGTERM, how long requests in flight may take to
+    /// finish and land before they are abandoned.
+    pub shutdown_grace_secs: u64,
     pub retry: RawRetry,
 }
 
@@ -165,6 +174,7 @@ impl Default for RawApi {
             requests_per_minute: 2000,
             max_in_flight: MAX_IN_FLIGHT_LIMIT,
             timeout_secs: 180,
+            shutdown_grace_secs: 30,
             retry: RawRetry::default(),
         }
     }
@@ -210,6 +220,71 @@ impl Default for RawParquet {
             enabled: true,
             dir: "data".into(),
         }
+    }
+}
+
+/// Where runs keep their raw archive and manifests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// Relative to the working directory. Holds `archive/` (every answer,
+    /// zstd) and `runs/` (manifests and dead letters).
+    pub dir: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            dir: "state".into(),
+        }
+    }
+}
+
+/// The spend cap.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBudget {
+    /// Hard cap in USD per run (0 = none); `run --max-cost` overrides it.
+    pub max_cost_usd: f64,
+}
+
+/// Prices used for estimates (the spend cap and `backlinks estimate`);
+/// recorded costs always come from the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPricing {
+    pub summary: RawPrice,
+    pub backlinks: RawPrice,
+}
+
+impl Default for RawPricing {
+    fn default() -> Self {
+        Self {
+            summary: RawPrice {
+                per_request: 0.02003,
+                per_item: 0.0,
+            },
+            backlinks: RawPrice {
+                per_request: 0.02,
+                per_item: 0.00003,
+            },
+        }
+    }
+}
+
+/// The price of one request of an endpoint, in USD.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub per_request: f64,
+    /// Per item the answer returns (at most the request's `limit`).
+    pub per_item: f64,
+}
+
+impl RawPrice {
+    /// The estimated cost of one request that may return `items` items.
+    pub fn estimate(&self, items: u64) -> f64 {
+        self.per_request + self.per_item * items as f64
     }
 }
 
@@ -288,6 +363,12 @@ pub struct PipelineSpec {
     pub parquet_dir: Option<PathBuf>,
     pub postgres: Option<RawPostgres>,
     pub sandbox: Option<RawSandbox>,
+    /// The state directory (raw archive, manifests, dead letters).
+    pub state_dir: PathBuf,
+    /// Spend cap in USD; `None` = no cap.
+    pub max_cost_usd: Option<f64>,
+    pub pricing: RawPricing,
+    pub shutdown_grace: Duration,
 }
 
 /// backlinks/live: the request template (its `target`, `offset`, `limit`
@@ -453,6 +534,38 @@ impl RawPipeline {
         if let Err(problem) = check_base_url(&api.base_url) {
             check(false, format!("api.base_url: {problem}"));
         }
+        check(
+            api.shutdown_grace_secs <= 3600,
+            format!(
+                "api.shutdown_grace_secs = {} is out of range 0..=3600",
+                api.shutdown_grace_secs
+            ),
+        );
+        check(
+            self.budget.max_cost_usd.is_finite() && self.budget.max_cost_usd >= 0.0,
+            format!(
+                "budget.max_cost_usd = {} must be 0 (no cap) or a positive amount in USD",
+                self.budget.max_cost_usd
+            ),
+        );
+        for (name, price) in [
+            ("summary", self.pricing.summary),
+            ("backlinks", self.pricing.backlinks),
+        ] {
+            for (key, v) in [
+                ("per_request", price.per_request),
+                ("per_item", price.per_item),
+            ] {
+                check(
+                    v.is_finite() && (0.0..=100.0).contains(&v),
+                    format!("pricing.{name}.{key} = {v} is out of range 0..=100 (USD)"),
+                );
+            }
+        }
+        check(
+            !self.state.dir.as_os_str().is_empty(),
+            "state.dir: give a directory for the raw archive and run manifests".into(),
+        );
 
         let sinks = &self.sinks;
         check(
@@ -511,6 +624,10 @@ impl RawPipeline {
             parquet_dir: sinks.parquet.enabled.then(|| sinks.parquet.dir.clone()),
             postgres: sinks.postgres.enabled.then(|| sinks.postgres.clone()),
             sandbox: self.sandbox.clone(),
+            state_dir: self.state.dir.clone(),
+            max_cost_usd: (self.budget.max_cost_usd > 0.0).then_some(self.budget.max_cost_usd),
+            pricing: self.pricing.clone(),
+            shutdown_grace: Duration::from_secs(api.shutdown_grace_secs),
         })
     }
 }
@@ -687,6 +804,34 @@ mod tests {
         assert_eq!(summary.backlinks_status_type.as_deref(), Some("live"));
         assert_eq!(spec.parquet_dir, Some(PathBuf::from("data")));
         assert!(spec.postgres.is_none());
+        assert_eq!(spec.state_dir, PathBuf::from("state"));
+        assert_eq!(spec.max_cost_usd, None);
+        assert_eq!(spec.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(spec.pricing.summary.estimate(1), 0.02003);
+        assert!((spec.pricing.backlinks.estimate(1000) - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn budget_and_pricing_are_checked() {
+        let spec = parse(&format!(
+            "{MINIMAL}[budget]\nmax_cost_usd = 1.5\n[pricing.summary]\nper_request = 0.01\nper_item = 0\n[state]\ndir = \"/var/lib/backlinks\"\n"
+        ))
+        .validate(Path::new("."))
+        .unwrap();
+        assert_eq!(spec.max_cost_usd, Some(1.5));
+        assert_eq!(spec.pricing.summary.per_request, 0.01);
+        assert_eq!(spec.pricing.backlinks.per_item, 0.00003);
+        assert_eq!(spec.state_dir, PathBuf::from("/var/lib/backlinks"));
+        let found = problems(&format!(
+            "{MINIMAL}[budget]\nmax_cost_usd = -1\n[pricing.backlinks]\nper_request = -0.02\nper_item = 0\n"
+        ));
+        let all = found.join("\n");
+        assert!(all.contains("budget.max_cost_usd = -1"), "{all}");
+        assert!(
+            all.contains("pricing.backlinks.per_request = -0.02"),
+            "{all}"
+        );
+        assert_eq!(found.len(), 2, "{all}");
     }
 
     #[test]

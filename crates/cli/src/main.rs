@@ -5,9 +5,11 @@
 
 mod config;
 mod credentials;
+mod inspect;
 mod report;
 mod run;
 mod sinks;
+mod state;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -28,6 +30,8 @@ pub mod exit {
     pub const BAD_INPUT: u8 = 2;
     /// Authentication, payment or account problem: the run stopped.
     pub const ACCOUNT: u8 = 3;
+    /// The spend cap was reached: dispatching stopped, what was fetched landed.
+    pub const BUDGET: u8 = 4;
 }
 
 /// An error the user fixes by changing the input: exit code 2.
@@ -47,8 +51,11 @@ pub struct InputError(pub String);
         Credentials come from the environment only: DATAFORSEO_LOGIN, DATAFORSEO_PASSWORD \
         (or DATAFORSEO_PASSWORD_FILE), DATABASE_URL. DATAFORSEO_BASE_URL overrides api.base_url. \
         Any setting can be overridden as BACKLINKS__SECTION__KEY, e.g. BACKLINKS__API__REQUESTS_PER_MINUTE=1000.\n\n\
+        Every answer is kept in a raw archive under the state directory (state.dir); re-running \
+        a run that did not finish resumes it without paying again for what was archived, and \
+        `backlinks replay` re-loads archived answers with no network at all.\n\n\
         Exit codes: 0 ok, 1 some units failed or the run was interrupted, 2 bad config or input, \
-        3 account problem (auth, balance)."
+        3 account problem (auth, balance), 4 spend cap reached (budget.max_cost_usd or --max-cost)."
 )]
 struct Cli {
     /// Log format on stderr.
@@ -81,6 +88,41 @@ enum Command {
         explain: bool,
         /// Use this target CSV instead of the pipeline's.
         #[arg(long)]
+        targets: Option<PathBuf>,
+    },
+    /// Re-load archived answers into the sinks without any network call
+    /// (after a schema change or a sink outage); needs no API credentials.
+    Replay {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Snapshot date to replay (YYYY-MM-DD); default: today (UTC).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        as_of: Option<NaiveDate>,
+        /// Replay only the answers archived by this run.
+        #[arg(long, value_name = "ID")]
+        run_id: Option<String>,
+        /// Use this target CSV instead of the pipeline's targets.
+        #[arg(long, value_name = "FILE")]
+        targets: Option<PathBuf>,
+        /// Never draw a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Show the runs of a pipeline on a snapshot date: status, units, cost,
+    /// answers archived, failed units, and whether one needs resuming.
+    Status {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Snapshot date (YYYY-MM-DD); default: today (UTC).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        as_of: Option<NaiveDate>,
+    },
+    /// Print the requests and the estimated cost of a run without calling the API.
+    Estimate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Use this target CSV instead of the pipeline's targets.
+        #[arg(long, value_name = "FILE")]
         targets: Option<PathBuf>,
     },
     /// Apply the database migrations to DATABASE_URL.
@@ -129,6 +171,17 @@ pub struct RunArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Ignore the raw archive of earlier unfinished runs of the day and
+    /// fetch everything again (pays again).
+    #[arg(long)]
+    pub refetch: bool,
+    /// Run only the units that failed in the latest run of this pipeline
+    /// and snapshot date (its dead letters).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Spend cap in USD for this run (overrides budget.max_cost_usd; 0 = no cap).
+    #[arg(long, value_name = "USD")]
+    pub max_cost: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -170,6 +223,29 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             explain,
             targets,
         } => run::validate(&pipeline, explain, targets.as_deref()).await,
+        Command::Replay {
+            pipeline,
+            as_of,
+            run_id,
+            targets,
+            no_progress,
+        } => {
+            let args = RunArgs {
+                pipeline,
+                as_of,
+                targets,
+                strict: false,
+                no_progress,
+                refetch: false,
+                retry_failed: false,
+                max_cost: None,
+            };
+            run::execute(args, run::Mode::Replay { run_id }).await
+        }
+        Command::Status { pipeline, as_of } => inspect::status(&pipeline, as_of),
+        Command::Estimate { pipeline, targets } => {
+            inspect::estimate(&pipeline, targets.as_deref()).await
+        }
         Command::Migrate => {
             let url = credentials::database_url()?;
             let sink = backlinks_sink_postgres::PgSink::connect(&url, 1)

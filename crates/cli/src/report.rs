@@ -55,6 +55,11 @@ pub struct Report {
     pub rate_limited: u64,
     pub too_many_in_flight: u64,
     pub cost_usd: f64,
+    /// Answers reused from the raw archive, and what they cost earlier.
+    pub replayed: u64,
+    pub replayed_cost: f64,
+    /// The dead-letter file, when units failed.
+    pub dead_letters: Option<PathBuf>,
     pub duration: Duration,
     pub parquet_dir: Option<PathBuf>,
     pub postgres: bool,
@@ -95,6 +100,9 @@ impl Report {
             rate_limited: 0,
             too_many_in_flight: 0,
             cost_usd: 0.0,
+            replayed: 0,
+            replayed_cost: 0.0,
+            dead_letters: None,
             duration: Duration::ZERO,
             parquet_dir: None,
             postgres: false,
@@ -193,6 +201,13 @@ impl Report {
             self.requests, self.retries, self.rate_limited, self.too_many_in_flight
         );
         let _ = writeln!(w, "  cost      ${:.5}", self.cost_usd);
+        if self.replayed > 0 {
+            let _ = writeln!(
+                w,
+                "  archive   {} answers reused from the archive (${:.5} paid earlier)",
+                self.replayed, self.replayed_cost
+            );
+        }
         if !self.unknown.is_empty() {
             let names = self
                 .unknown
@@ -210,6 +225,13 @@ impl Report {
                 w,
                 "  failed    ... and {} more (see the `requests` ledger)",
                 self.units_failed as usize - self.failures.len()
+            );
+        }
+        if let Some(path) = &self.dead_letters {
+            let _ = writeln!(
+                w,
+                "  retry     the failed units are listed in {}; `backlinks run --retry-failed` retries only them",
+                path.display()
             );
         }
         let sinks = match (&self.parquet_dir, self.postgres) {

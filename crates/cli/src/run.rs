@@ -1,13 +1,14 @@
-//! `backlinks run` and `backlinks validate`.
+//! `backlinks run`, `backlinks replay` and `backlinks validate`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use backlinks_fetcher::{Fetcher, FetcherConfig};
+use backlinks_fetcher::{ArchiveIndex, ArchiveWriter, Budget, Fetcher, FetcherConfig};
 use backlinks_model::api::{BacklinksRequest, SummaryRequest};
 use backlinks_model::{Dataset, Endpoint, PartitionKey, RunRecord, Secret, WorkUnit};
 use backlinks_normalizer::{RowContext, UnknownFields, backlinks_page_rows, summary_rows};
@@ -17,17 +18,17 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{self, BacklinksSpec, PipelineSpec, RawPipeline, RawSandbox};
+use crate::config::{self, BacklinksSpec, PipelineSpec, RawPipeline, RawPricing, RawSandbox};
 use crate::report::{ItemCounts, Report, UnitStatus};
 use crate::sinks::{Ledger, Sinks};
-use crate::{InputError, RunArgs, credentials, exit};
+use crate::{InputError, RunArgs, credentials, exit, state};
 
 /// How many rejected targets are logged one by one before only counting.
 const REJECTED_LOGGED: usize = 20;
 
 /// Loads, overrides and validates a pipeline; every problem is an
 /// [`InputError`] naming the file and key.
-fn load_spec(
+pub(crate) fn load_spec(
     path: &Path,
     targets: Option<&Path>,
     strict: bool,
@@ -53,7 +54,7 @@ fn load_spec(
     Ok((raw, spec))
 }
 
-async fn load_targets(spec: &PipelineSpec) -> anyhow::Result<TargetList> {
+pub(crate) async fn load_targets(spec: &PipelineSpec) -> anyhow::Result<TargetList> {
     let source = spec.targets.clone();
     let strict = spec.strict_targets;
     let list = tokio::task::spawn_blocking(move || read_targets(&source, strict))
@@ -72,7 +73,7 @@ async fn load_targets(spec: &PipelineSpec) -> anyhow::Result<TargetList> {
     Ok(list)
 }
 
-fn endpoints(spec: &PipelineSpec) -> Vec<Endpoint> {
+pub(crate) fn endpoints(spec: &PipelineSpec) -> Vec<Endpoint> {
     let mut endpoints = Vec::new();
     if spec.summary.is_some() {
         endpoints.push(Endpoint::Summary);
@@ -112,6 +113,17 @@ pub async fn validate(path: &Path, explain: bool, targets: Option<&Path>) -> any
             "# api.base_url after DATAFORSEO_BASE_URL: {}",
             spec.base_url
         );
+        println!(
+            "# state.dir (raw archive, run manifests and failed units; BACKLINKS__STATE__DIR overrides it): {}",
+            spec.state_dir.display()
+        );
+        println!(
+            "# budget: {} (pricing is used for estimates only; recorded costs come from the API)",
+            spec.max_cost_usd
+                .map_or("no spend cap".to_owned(), |cap| format!(
+                    "spend cap ${cap:.5} per run"
+                ))
+        );
     }
     Ok(if list.rejected.is_empty() {
         exit::OK
@@ -126,6 +138,7 @@ struct RunContext {
     snapshot_date: NaiveDate,
     summary: Option<SummaryRequest>,
     backlinks: Option<BacklinksSpec>,
+    pricing: RawPricing,
     fetcher: Fetcher,
     sinks: Sinks,
 }
@@ -142,8 +155,165 @@ struct UnitOutcome {
     items: Option<ItemCounts>,
 }
 
+/// How a run gets its answers.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// From the API, reusing what unfinished runs of the same day archived
+    /// (unless `refetch`); `retry_failed` runs only the dead letters of the
+    /// latest run.
+    Fetch {
+        refetch: bool,
+        retry_failed: bool,
+        max_cost: Option<f64>,
+    },
+    /// From the archive only, never the network (`backlinks replay`);
+    /// `run_id` restricts it to that run's archive files.
+    Replay { run_id: Option<String> },
+}
+
+impl Mode {
+    fn command(&self) -> &'static str {
+        match self {
+            Mode::Fetch {
+                retry_failed: true, ..
+            } => "run --retry-failed",
+            Mode::Fetch { refetch: true, .. } => "run --refetch",
+            Mode::Fetch { .. } => "run",
+            Mode::Replay { .. } => "replay",
+        }
+    }
+}
+
 /// `backlinks run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let mode = Mode::Fetch {
+        refetch: args.refetch,
+        retry_failed: args.retry_failed,
+        max_cost: args.max_cost,
+    };
+    execute(args, mode).await
+}
+
+/// The units of `--retry-failed`: those in the dead letters of the latest
+/// run of this pipeline and date.
+fn retry_units(
+    units: Vec<WorkUnit>,
+    runs_dir: &Path,
+    pipeline: &str,
+    snapshot_date: NaiveDate,
+) -> anyhow::Result<Vec<WorkUnit>> {
+    let manifests = state::read_manifests(runs_dir)?;
+    let Some(latest) = manifests.last() else {
+        return Err(InputError(format!(
+            "--retry-failed: no run of pipeline `{pipeline}` on {snapshot_date} is recorded in {}",
+            runs_dir.display()
+        ))
+        .into());
+    };
+    let letters = state::read_dead_letters(runs_dir, &latest.run_id)?;
+    if letters.is_empty() {
+        return Err(InputError(format!(
+            "--retry-failed: the latest run {} of pipeline `{pipeline}` on {snapshot_date} ({}) has no failed units",
+            latest.run_id, latest.status
+        ))
+        .into());
+    }
+    let wanted: HashSet<(String, String)> = letters
+        .into_iter()
+        .map(|l| (l.endpoint, l.target))
+        .collect();
+    let units: Vec<WorkUnit> = units
+        .into_iter()
+        .filter(|u| wanted.contains(&(u.endpoint.name().to_owned(), u.target.to_string())))
+        .collect();
+    if units.len() < wanted.len() {
+        warn!(
+            missing = wanted.len() - units.len(),
+            "some failed units are no longer among the pipeline's targets and endpoints"
+        );
+    }
+    info!(run_id = %latest.run_id, units = units.len(), "retrying the failed units of the latest run");
+    Ok(units)
+}
+
+/// Signals: the first stops dispatching and starts the grace period; the
+/// second, or the end of the grace period, abandons what is in flight.
+async fn watch_signals(
+    cancel: CancellationToken,
+    interrupted: Arc<AtomicBool>,
+    abandon: CancellationToken,
+    grace: std::time::Duration,
+) {
+    let mut signals = Signals::new();
+    signals.next().await;
+    interrupted.store(true, Ordering::SeqCst);
+    warn!(
+        grace_secs = grace.as_secs(),
+        "stopping: no new requests; those in flight finish and land (a second signal abandons them)"
+    );
+    cancel.cancel();
+    tokio::select! {
+        () = signals.next() => warn!("second signal: abandoning what is in flight"),
+        () = tokio::time::sleep(grace) => warn!("grace period over: abandoning what is in flight"),
+    }
+    abandon.cancel();
+}
+
+/// Ctrl-C and SIGTERM, as a stream of "a signal came".
+struct Signals {
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let terminate = async {
+                match &mut self.terminate {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let interrupt = async {
+                match &mut self.interrupt {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = terminate => {},
+                () = interrupt => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `backlinks run` and `backlinks replay`.
+pub async fn execute(args: RunArgs, mode: Mode) -> anyhow::Result<u8> {
     let clock = Instant::now();
     let started_at = Utc::now();
     let (raw, spec) = load_spec(&args.pipeline, args.targets.as_deref(), args.strict)?;
@@ -157,21 +327,104 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         ))
         .into());
     }
+    let archive_dir = state::archive_dir(&spec.state_dir, &spec.name, snapshot_date);
+    let runs_dir = state::runs_dir(&spec.state_dir, &spec.name, snapshot_date);
+    let mut units: Vec<WorkUnit> = work_units(&list.targets, &endpoints(&spec)).collect();
+    if let Mode::Fetch {
+        retry_failed: true, ..
+    } = mode
+    {
+        units = retry_units(units, &runs_dir, &spec.name, snapshot_date)?;
+    }
+    if let Mode::Fetch {
+        max_cost: Some(cap),
+        ..
+    } = &mode
+    {
+        if !cap.is_finite() || *cap < 0.0 {
+            return Err(InputError(format!(
+                "--max-cost {cap}: give an amount in USD (0 = no cap)"
+            ))
+            .into());
+        }
+    }
+    let max_cost = match &mode {
+        Mode::Fetch {
+            max_cost: Some(cap),
+            ..
+        } if *cap > 0.0 => Some(*cap),
+        Mode::Fetch {
+            max_cost: Some(_), ..
+        } => None,
+        _ => spec.max_cost_usd,
+    };
+
+    // What earlier runs of the day archived.
+    let all_archives = backlinks_fetcher::archive::archive_files(&archive_dir)?;
+    let index = match &mode {
+        Mode::Fetch { refetch: true, .. } => None,
+        Mode::Fetch { .. } => {
+            let manifests = state::read_manifests(&runs_dir)?;
+            let (files, runs) = state::resumable_archive_files(&all_archives, &manifests);
+            let index = ArchiveIndex::build(&files)?;
+            if !index.is_empty() {
+                info!(
+                    answers = index.len(),
+                    runs = runs.join(", "),
+                    "resuming: answers archived by unfinished runs of this day are reused, not fetched again"
+                );
+            }
+            Some(index)
+        }
+        Mode::Replay { run_id } => {
+            let files: Vec<PathBuf> = all_archives
+                .iter()
+                .filter(|p| {
+                    run_id
+                        .as_ref()
+                        .is_none_or(|id| state::archive_run_id(p).as_deref() == Some(id))
+                })
+                .cloned()
+                .collect();
+            if files.is_empty() {
+                return Err(InputError(format!(
+                    "nothing to replay: no archived answers{} for pipeline `{}` on {snapshot_date} in {}",
+                    run_id
+                        .as_ref()
+                        .map(|id| format!(" of run {id}"))
+                        .unwrap_or_default(),
+                    spec.name,
+                    archive_dir.display()
+                ))
+                .into());
+            }
+            Some(ArchiveIndex::build(&files)?)
+        }
+    };
 
     let cancel = CancellationToken::new();
-    let (sandbox, base_url, login, password) = match &spec.sandbox {
-        Some(settings) => {
+    let offline = matches!(mode, Mode::Replay { .. });
+    let (sandbox, base_url, login, password) = match (&spec.sandbox, offline) {
+        // Replay never calls anything: the client is built but never used.
+        (_, true) => (
+            None,
+            "http://127.0.0.1:9".to_owned(),
+            String::new(),
+            Secret::new(""),
+        ),
+        (Some(settings), false) => {
             let (sandbox, login, password) = start_sandbox(settings).await?;
             let url = sandbox.base_url();
             (Some(sandbox), url, login, password)
         }
-        None => {
+        (None, false) => {
             let (login, password) = credentials::api_credentials()?;
             (None, spec.base_url.clone(), login, password)
         }
     };
     let sinks = Sinks::open(&spec).await?;
-    let fetcher = Fetcher::new(
+    let run_id = uuid::Uuid::now_v7().to_string();
+    let mut fetcher = Fetcher::new(
         FetcherConfig {
             base_url,
             login,
@@ -183,9 +436,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
         cancel.clone(),
     )?;
+    if let Some(index) = index {
+        fetcher = fetcher.with_replay(Arc::new(index));
+    }
+    let archive = if offline {
+        fetcher = fetcher.offline();
+        None
+    } else {
+        let writer = Arc::new(ArchiveWriter::new(&archive_dir, run_id.clone())?);
+        fetcher = fetcher.with_archive(writer.clone());
+        Some(writer)
+    };
+    if let Some(cap) = max_cost {
+        fetcher = fetcher.with_budget(Arc::new(Budget::new(cap)));
+    }
 
-    let run_id = uuid::Uuid::now_v7().to_string();
-    let units: Vec<WorkUnit> = work_units(&list.targets, &endpoints(&spec)).collect();
     let mut record = RunRecord {
         run_id: run_id.clone(),
         pipeline: spec.name.to_string(),
@@ -203,7 +468,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         unknown_fields: "{}".into(),
         settings: serde_json::to_string(&raw).context("recording the settings")?,
         error: None,
+        replayed: 0,
+        replayed_cost_usd: 0.0,
     };
+    let mut manifest = state::Manifest {
+        v: 1,
+        run_id: run_id.clone(),
+        pipeline: spec.name.to_string(),
+        snapshot_date,
+        command: mode.command().into(),
+        status: "running".into(),
+        started_at,
+        finished_at: None,
+        units_total: units.len() as u64,
+        units_ok: 0,
+        units_failed: 0,
+        units_not_run: 0,
+        requests: 0,
+        cost_usd: 0.0,
+        replayed: 0,
+        replayed_cost_usd: 0.0,
+        rows: BTreeMap::new(),
+        error: None,
+    };
+    tokio::task::block_in_place(|| state::write_manifest(&runs_dir, &manifest))?;
     sinks.record_run(&record).await?;
     info!(
         run_id,
@@ -211,16 +499,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         %snapshot_date,
         targets = list.targets.len(),
         units = units.len(),
-        api = if sandbox.is_some() { "embedded sandbox" } else { spec.base_url.as_str() },
+        max_cost_usd = max_cost,
+        api = if offline { "none (replay from the archive)" } else if sandbox.is_some() { "embedded sandbox" } else { spec.base_url.as_str() },
         "run started"
     );
-    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let abandon = CancellationToken::new();
+    let signals = tokio::spawn(watch_signals(
+        cancel.clone(),
+        interrupted.clone(),
+        abandon.clone(),
+        spec.shutdown_grace,
+    ));
 
     let ctx = Arc::new(RunContext {
         pipeline: spec.name.clone(),
         snapshot_date,
         summary: spec.summary.clone(),
         backlinks: spec.backlinks.clone(),
+        pricing: spec.pricing.clone(),
         fetcher,
         sinks: sinks.clone(),
     });
@@ -230,6 +527,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         spec.name.clone(),
         snapshot_date,
     );
+    let dead_letters = state::DeadLetters::new(&runs_dir, &run_id);
     let progress = progress_bar(units.len() as u64, args.no_progress);
     let mut report = Report::new(
         run_id.clone(),
@@ -238,16 +536,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         &list,
         &endpoints(&spec),
     );
+    let units_total = units.len() as u64;
     // More units than request slots are in progress at once, so that
     // normalizing and landing one never leaves a request slot idle.
     let concurrency = spec.max_in_flight as usize * 2;
     let mut outcomes = futures::stream::iter(units)
         .map(|unit| process(ctx.clone(), unit))
         .buffer_unordered(concurrency);
-    while let Some(outcome) = outcomes.next().await {
+    let mut abandoned = false;
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                abandoned = true;
+                break;
+            }
+            next = outcomes.next() => match next {
+                Some(outcome) => outcome,
+                None => break,
+            },
+        };
+        let last_status_code = outcome.records.last().and_then(|r| r.status_code);
         for request in outcome.records {
             report.cost_usd += request.cost;
             ledger.record(request).await;
+        }
+        if let UnitStatus::Failed(error) = &outcome.status {
+            let letter = state::DeadLetter {
+                endpoint: outcome.unit.endpoint.name().into(),
+                target: outcome.unit.target.to_string(),
+                error: error.clone(),
+                status_code: last_status_code,
+            };
+            if let Err(e) = tokio::task::block_in_place(|| dead_letters.append(&letter)) {
+                warn!(error = %format!("{e:#}"), "could not record a failed unit");
+            }
         }
         report.add_unit(
             &outcome.unit,
@@ -260,36 +583,64 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             bar.inc(1);
         }
     }
+    // Abandoned units roll back: their Parquet files are removed, their
+    // Postgres transactions are not committed.
     drop(outcomes);
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
     signals.abort();
+    report.units_not_run = units_total - report.units_ok - report.units_failed;
 
     let ledger_result = ledger.finish().await;
+    let archive_result = match &archive {
+        Some(writer) => {
+            tokio::task::block_in_place(|| writer.finish()).map_err(anyhow::Error::from)
+        }
+        None => Ok(()),
+    };
     let stats = ctx.fetcher.stats();
     report.requests = stats.attempts;
     report.retries = stats.retries;
     report.rate_limited = stats.rate_limited;
     report.too_many_in_flight = stats.too_many_in_flight;
+    report.replayed = stats.replayed;
+    report.replayed_cost = ctx.fetcher.replayed_cost();
     report.duration = clock.elapsed();
     report.parquet_dir = spec.parquet_dir.clone();
     report.postgres = spec.postgres.is_some();
+    report.dead_letters = (dead_letters.count() > 0).then(|| dead_letters.path().to_path_buf());
 
     let account_problem = ctx.fetcher.account_problem().map(ToString::to_string);
+    let budget_problem = ctx.fetcher.budget().filter(|b| b.exhausted()).map(|b| {
+        format!(
+            "spend cap of ${:.5} reached: ${:.5} spent; {} units not run",
+            b.cap(),
+            b.spent(),
+            report.units_not_run
+        )
+    });
     let (status, code) = if account_problem.is_some() {
         ("account_error", exit::ACCOUNT)
-    } else if cancel.is_cancelled() {
+    } else if interrupted.load(Ordering::SeqCst) || abandoned {
         ("interrupted", exit::PARTIAL)
+    } else if budget_problem.is_some() {
+        ("budget_exhausted", exit::BUDGET)
     } else if report.units_failed > 0 && report.units_ok == 0 {
         ("failed", exit::PARTIAL)
-    } else if report.units_failed > 0 || ledger_result.is_err() {
+    } else if report.units_failed > 0
+        || report.units_not_run > 0
+        || ledger_result.is_err()
+        || archive_result.is_err()
+    {
         ("partial", exit::PARTIAL)
     } else {
         ("succeeded", exit::OK)
     };
     let ledger_error = ledger_result.as_ref().err().map(|e| format!("{e:#}"));
-    record.finished_at = Some(Utc::now());
+    let archive_error = archive_result.as_ref().err().map(|e| format!("{e:#}"));
+    let finished_at = Utc::now();
+    record.finished_at = Some(finished_at);
     record.status = status.into();
     record.units_ok = report.units_ok as i64;
     record.units_failed = report.units_failed as i64;
@@ -298,9 +649,33 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     record.cost_usd = report.cost_usd;
     record.rows = serde_json::to_string(&report.rows_by_name())?;
     record.unknown_fields = serde_json::to_string(&report.unknown)?;
-    record.error = account_problem.clone().or(ledger_error.clone());
-    sinks.record_run(&record).await?;
-    tokio::task::block_in_place(|| sinks.finish_run_file(&record))?;
+    record.replayed = report.replayed as i64;
+    record.replayed_cost_usd = report.replayed_cost;
+    record.error = account_problem
+        .clone()
+        .or(budget_problem.clone())
+        .or(ledger_error.clone())
+        .or(archive_error.clone());
+    manifest.status = status.into();
+    manifest.finished_at = Some(finished_at);
+    manifest.units_ok = report.units_ok;
+    manifest.units_failed = report.units_failed;
+    manifest.units_not_run = report.units_not_run;
+    manifest.requests = report.requests;
+    manifest.cost_usd = report.cost_usd;
+    manifest.replayed = report.replayed;
+    manifest.replayed_cost_usd = report.replayed_cost;
+    manifest.rows = report
+        .rows_by_name()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    manifest.error = record.error.clone();
+    let recorded = sinks.record_run(&record).await;
+    let run_file = tokio::task::block_in_place(|| sinks.finish_run_file(&record));
+    tokio::task::block_in_place(|| state::write_manifest(&runs_dir, &manifest))?;
+    recorded?;
+    run_file?;
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
@@ -312,6 +687,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         units_ok = report.units_ok,
         units_failed = report.units_failed,
         cost_usd = report.cost_usd,
+        replayed = report.replayed,
         "run finished"
     );
     print!("{}", report.render());
@@ -320,8 +696,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             "error: {problem}; the run stopped (exit code {})",
             exit::ACCOUNT
         );
+    } else if let Some(problem) = &budget_problem {
+        eprintln!(
+            "error: {problem}; what was fetched landed; raise the cap (--max-cost or budget.max_cost_usd) and run the same command again to continue (exit code {})",
+            exit::BUDGET
+        );
+    }
+    if status == "interrupted" {
+        eprintln!(
+            "error: the run was interrupted{}; run the same command again to resume it",
+            if abandoned {
+                " and the units in flight were abandoned"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(e) = ledger_error {
+        eprintln!("error: {e}");
+    }
+    if let Some(e) = archive_error {
         eprintln!("error: {e}");
     }
     Ok(code)
@@ -364,7 +758,7 @@ async fn process(ctx: Arc<RunContext>, unit: WorkUnit) -> UnitOutcome {
 /// Keeps the ledger record of a request that was sent (one cancelled
 /// before its first attempt never was, and has no place in the ledger).
 fn keep_record(outcome: &mut UnitOutcome, record: backlinks_model::RequestRecord) {
-    if record.attempts > 0 {
+    if record.attempts > 0 || record.replayed {
         outcome.records.push(record);
     }
 }
@@ -382,11 +776,21 @@ async fn summary_unit(
     };
     let exchange = ctx
         .fetcher
-        .post(Endpoint::Summary, key.target.as_str(), 0, &request)
+        .post_with_estimate(
+            Endpoint::Summary,
+            key.target.as_str(),
+            0,
+            &request,
+            ctx.pricing.summary.estimate(1),
+        )
         .await;
     keep_record(outcome, exchange.record);
     let fetched = match exchange.result {
-        Err(backlinks_fetcher::Error::Cancelled) => return UnitStatus::NotRun,
+        Err(
+            backlinks_fetcher::Error::Cancelled | backlinks_fetcher::Error::BudgetExhausted { .. },
+        ) => {
+            return UnitStatus::NotRun;
+        }
         Err(e) => return UnitStatus::Failed(e.to_string()),
         Ok(fetched) => fetched,
     };
@@ -486,11 +890,20 @@ async fn backlinks_unit(
         };
         let exchange = ctx
             .fetcher
-            .post(Endpoint::Backlinks, key.target.as_str(), page, &request)
+            .post_with_estimate(
+                Endpoint::Backlinks,
+                key.target.as_str(),
+                page,
+                &request,
+                ctx.pricing.backlinks.estimate(want),
+            )
             .await;
         keep_record(outcome, exchange.record);
         let fetched = match exchange.result {
-            Err(backlinks_fetcher::Error::Cancelled) => return Ok(UnitStatus::NotRun),
+            Err(
+                backlinks_fetcher::Error::Cancelled
+                | backlinks_fetcher::Error::BudgetExhausted { .. },
+            ) => return Ok(UnitStatus::NotRun),
             Err(e) if page == 0 => return Ok(UnitStatus::Failed(e.to_string())),
             Err(e) => {
                 return Ok(UnitStatus::Failed(format!(
@@ -576,28 +989,6 @@ async fn start_sandbox(
         .await
         .context("starting the embedded sandbox")?;
     Ok((sandbox, "demo".into(), Secret::new(password)))
-}
-
-/// Cancels the run on Ctrl-C or SIGTERM: no new requests are sent, those in
-/// flight finish and land.
-async fn stop_on_signal(cancel: CancellationToken) {
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    warn!("stopping: no new requests; those in flight finish and land");
-    cancel.cancel();
 }
 
 fn progress_bar(len: u64, disabled: bool) -> Option<indicatif::ProgressBar> {

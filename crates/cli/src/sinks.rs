@@ -151,10 +151,17 @@ impl PartitionWriter<'_> {
         Ok(())
     }
 
-    /// Lands the partition: the Postgres transaction commits first, then
-    /// the Parquet files are renamed into place. A failure before the
-    /// commit leaves the previous partition intact in both sinks.
-    pub async fn commit(self) -> anyhow::Result<()> {
+    /// Lands the partition: the Parquet files are finished and fsync'd under
+    /// their temporary names, the Postgres transaction commits, then the
+    /// files are renamed into place. A failure before the Postgres commit
+    /// leaves the previous partition intact in both sinks; after it, only a
+    /// rename in the same directory is left to do.
+    pub async fn commit(mut self) -> anyhow::Result<()> {
+        // Whatever can fail for lack of space or a broken disk (footers,
+        // fsync) happens before Postgres commits; after it, only renames.
+        if let Some(staged) = &mut self.parquet {
+            tokio::task::block_in_place(|| staged.prepare())?;
+        }
         if let Some(tx) = self.postgres {
             tx.commit().await?;
         }

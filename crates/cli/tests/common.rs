@@ -258,3 +258,49 @@ pub fn api_micros(s: &str) -> i64 {
         .unwrap()
         .timestamp_micros()
 }
+
+/// The binary as a [`Command`] with the clean environment of
+/// [`backlinks`] plus `env`, for tests that spawn it and signal it.
+pub fn backlinks_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlinks"));
+    cmd.args(args).current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DATAFORSEO_")
+            || k.starts_with("BACKLINKS__")
+            || k == "DATABASE_URL"
+            || k == "RUST_LOG"
+        {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The records of `dataset` in both sinks, each without the columns a run
+/// decides (`fetched_at`, `task_id`), as sorted JSON lines: equal for two
+/// runs that landed the same data.
+pub async fn comparable_records(
+    db: &str,
+    data: &Path,
+    dataset: &str,
+) -> (Vec<String>, Vec<String>) {
+    let canon = |records: Vec<Record>| {
+        let mut lines: Vec<String> = records
+            .into_iter()
+            .map(|mut r| {
+                r.remove("fetched_at");
+                r.remove("task_id");
+                serde_json::to_string(&r).unwrap()
+            })
+            .collect();
+        lines.sort();
+        lines
+    };
+    (
+        canon(postgres_records(db, dataset).await),
+        canon(parquet_records(data, dataset)),
+    )
+}

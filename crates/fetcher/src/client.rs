@@ -1,7 +1,7 @@
 //! The fetcher proper: one client, bounded concurrency, pacing, retries.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use backlinks_model::api::{Envelope, decode_envelope};
 use backlinks_model::{
@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{Error, FetcherConfig, Pacer, Result};
+use crate::archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter, request_key};
+use crate::{Budget, Error, FetcherConfig, Pacer, Result};
 
 /// A successful answer, ready for the normalizer.
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Fetched {
     /// Cost in USD of this answer, as the API reported it.
     pub cost: f64,
     pub fetched_at: DateTime<Utc>,
+    /// Answered from the raw archive (paid by an earlier run), not the API.
+    pub replayed: bool,
 }
 
 /// What one call of [`Fetcher::post`] produced: always a ledger record,
@@ -50,6 +53,10 @@ pub struct FetcherStats {
     pub rate_limited: u64,
     /// 40209 answers.
     pub too_many_in_flight: u64,
+    /// Requests answered from the raw archive instead of the API.
+    pub replayed: u64,
+    /// Answers that could not be written to the raw archive.
+    pub archive_errors: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +65,10 @@ struct Counters {
     retries: AtomicU64,
     rate_limited: AtomicU64,
     too_many_in_flight: AtomicU64,
+    replayed: AtomicU64,
+    /// What the replayed answers cost when they were fetched, in nano-USD.
+    replayed_cost_nanos: AtomicU64,
+    archive_errors: AtomicU64,
 }
 
 /// See the crate documentation.
@@ -70,6 +81,23 @@ pub struct Fetcher {
     cancel: CancellationToken,
     counters: Counters,
     account_problem: OnceLock<Error>,
+    archive: Option<Arc<ArchiveWriter>>,
+    replay: Option<Arc<ArchiveIndex>>,
+    offline: bool,
+    budget: Option<Arc<Budget>>,
+}
+
+/// One request as the retry loop needs it.
+struct Request<'a> {
+    endpoint: Endpoint,
+    target: &'a str,
+    page: i64,
+    /// The task's JSON (the request body without the enclosing array).
+    json: &'a [u8],
+    /// [`request_key`] of the endpoint and `json`.
+    key: &'a str,
+    /// Estimated cost of one attempt, reserved from the budget.
+    estimate: f64,
 }
 
 /// The verdict on one attempt's answer.
@@ -102,7 +130,53 @@ impl Fetcher {
             cancel,
             counters: Counters::default(),
             account_problem: OnceLock::new(),
+            archive: None,
+            replay: None,
+            offline: false,
+            budget: None,
         })
+    }
+
+    /// Stores every successful answer in `archive` before returning it.
+    #[must_use]
+    pub fn with_archive(mut self, archive: Arc<ArchiveWriter>) -> Self {
+        self.archive = Some(archive);
+        self
+    }
+
+    /// Answers every request archived in `index` from the archive, without
+    /// calling the API (resume, replay). Such answers cost nothing now.
+    #[must_use]
+    pub fn with_replay(mut self, index: Arc<ArchiveIndex>) -> Self {
+        self.replay = Some(index);
+        self
+    }
+
+    /// Never calls the API: a request that is not in the replay index
+    /// fails with [`Error::NotArchived`].
+    #[must_use]
+    pub fn offline(mut self) -> Self {
+        self.offline = true;
+        self
+    }
+
+    /// Sends no attempt that could push the spend past `budget` (see
+    /// [`Budget`]); the first refusal cancels the run's token.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The spend cap, if any.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.budget.as_deref()
+    }
+
+    /// What the answers replayed from the archive cost when they were
+    /// fetched (by earlier runs), in USD.
+    pub fn replayed_cost(&self) -> f64 {
+        self.counters.replayed_cost_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     pub fn stats(&self) -> FetcherStats {
@@ -112,6 +186,8 @@ impl Fetcher {
             retries: c.retries.load(Ordering::Relaxed),
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
             too_many_in_flight: c.too_many_in_flight.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            archive_errors: c.archive_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -122,13 +198,29 @@ impl Fetcher {
 
     /// Sends one task to `endpoint` (as the one-element array the API
     /// wants), retrying per the policy. `target` and `page` only label the
-    /// ledger record and logs.
+    /// ledger record and logs. Same as [`Fetcher::post_with_estimate`]
+    /// with an estimate of 0.
     pub async fn post<T: Serialize>(
         &self,
         endpoint: Endpoint,
         target: &str,
         page: i64,
         task: &T,
+    ) -> Exchange {
+        self.post_with_estimate(endpoint, target, page, task, 0.0)
+            .await
+    }
+
+    /// [`Fetcher::post`] with the estimated cost of one attempt in USD,
+    /// which the spend cap reserves before each attempt. An answer archived
+    /// in the replay index is returned from there, without any attempt.
+    pub async fn post_with_estimate<T: Serialize>(
+        &self,
+        endpoint: Endpoint,
+        target: &str,
+        page: i64,
+        task: &T,
+        estimate: f64,
     ) -> Exchange {
         let start = Instant::now();
         let mut record = RequestRecord {
@@ -144,32 +236,127 @@ impl Fetcher {
             latency_ms: 0,
             task_id: None,
             error: None,
+            replayed: false,
         };
-        let result = self
-            .send_with_retries(endpoint, target, page, task, &mut record)
-            .await;
+        let result = match serde_json::to_vec(task) {
+            Ok(json) => {
+                let key = request_key(endpoint, &json);
+                match self.answer_from_archive(&key, &mut record) {
+                    Some(result) => result,
+                    None if self.offline => Err(Error::NotArchived),
+                    None => {
+                        let request = Request {
+                            endpoint,
+                            target,
+                            page,
+                            json: &json,
+                            key: &key,
+                            estimate,
+                        };
+                        self.send_with_retries(&request, &mut record).await
+                    }
+                }
+            }
+            Err(e) => Err(Error::Client(format!("encoding the task: {e}"))),
+        };
         record.latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Err(e) = &result {
             record.error = Some(e.to_string());
-            if !matches!(e, Error::Cancelled) {
+            if !matches!(e, Error::Cancelled | Error::BudgetExhausted { .. }) {
                 warn!(%endpoint, target, page, attempts = record.attempts, error = %e, "request failed");
             }
         }
         Exchange { record, result }
     }
 
-    async fn send_with_retries<T: Serialize>(
+    /// The archived answer to `key`, if the replay index has one.
+    fn answer_from_archive(
         &self,
-        endpoint: Endpoint,
-        target: &str,
-        page: i64,
-        task: &T,
+        key: &str,
+        record: &mut RequestRecord,
+    ) -> Option<Result<Fetched>> {
+        let index = self.replay.as_ref()?;
+        let archived = match index.get(key) {
+            Ok(Some(archived)) => archived,
+            Ok(None) => return None,
+            Err(e) => {
+                warn!(target = record.target, page = record.page, error = %e, "could not read the archived answer; asking the API");
+                return None;
+            }
+        };
+        record.replayed = true;
+        record.http_status = archived.http_status;
+        record.status_code = archived.status_code;
+        record.task_id.clone_from(&archived.task_id);
+        record.bytes = archived.body.len() as u64;
+        self.counters.replayed.fetch_add(1, Ordering::Relaxed);
+        let nanos = (archived.cost.max(0.0) * 1e9).round() as u64;
+        self.counters
+            .replayed_cost_nanos
+            .fetch_add(nanos, Ordering::Relaxed);
+        let outcome = match archived.status_code {
+            Some(code) if classify_api_status(code) == Outcome::NoResults => Outcome::NoResults,
+            _ => Outcome::Ok,
+        };
+        debug!(endpoint = %record.endpoint, target = record.target, page = record.page, "answered from the archive");
+        Some(Ok(Fetched {
+            body: Bytes::from(archived.body),
+            outcome,
+            task_id: archived.task_id,
+            cost: archived.cost,
+            fetched_at: archived.fetched_at,
+            replayed: true,
+        }))
+    }
+
+    /// Stores a successful answer in the archive, if there is one, on a
+    /// blocking thread (file IO never stalls the pacing of other
+    /// requests). A failure is logged and counted: the answer is still used.
+    async fn archive_answer(
+        &self,
+        request: &Request<'_>,
+        fetched: &Fetched,
+        record: &RequestRecord,
+    ) {
+        let Some(archive) = self.archive.clone() else {
+            return;
+        };
+        let entry = ArchiveRecord {
+            v: 1,
+            run_id: archive.run_id().to_owned(),
+            endpoint: request.endpoint.name().to_owned(),
+            target: request.target.to_owned(),
+            page: request.page,
+            key: request.key.to_owned(),
+            request: serde_json::from_slice(request.json).unwrap_or_default(),
+            http_status: record.http_status,
+            status_code: record.status_code,
+            task_id: fetched.task_id.clone(),
+            cost: fetched.cost,
+            fetched_at: fetched.fetched_at,
+            body: String::from_utf8_lossy(&fetched.body).into_owned(),
+        };
+        let endpoint = request.endpoint;
+        let written = tokio::task::spawn_blocking(move || archive.append(endpoint, &entry))
+            .await
+            .unwrap_or_else(|e| Err(Error::Archive(format!("the archive writer failed: {e}"))));
+        if let Err(e) = written {
+            self.counters.archive_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(endpoint = %request.endpoint, target = request.target, page = request.page, error = %e, "could not archive the answer");
+        }
+    }
+
+    async fn send_with_retries(
+        &self,
+        request: &Request<'_>,
         record: &mut RequestRecord,
     ) -> Result<Fetched> {
-        let body = Bytes::from(
-            serde_json::to_vec(&[task])
-                .map_err(|e| Error::Client(format!("encoding the task: {e}")))?,
-        );
+        let (endpoint, target, page) = (request.endpoint, request.target, request.page);
+        let mut body = Vec::with_capacity(request.json.len() + 2);
+        body.push(b'[');
+        body.extend_from_slice(request.json);
+        body.push(b']');
+        let body = Bytes::from(body);
         let url = format!("{}{}", self.config.base_url, endpoint.path());
         let policy = &self.config.retry;
         let mut last = String::new();
@@ -181,12 +368,23 @@ impl Fetcher {
             }
             let permit = self.cancellable(self.in_flight.acquire()).await?;
             self.cancellable(self.pacer.acquire()).await?;
+            if let Some(budget) = &self.budget {
+                if !budget.reserve(request.estimate) {
+                    self.cancel.cancel();
+                    return Err(Error::BudgetExhausted {
+                        cap: budget.cap(),
+                        spent: budget.spent(),
+                    });
+                }
+            }
             record.attempts = attempt;
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             // The exchange itself is not cancelled: it is bounded by the
             // client timeout, and an answer already paid for is kept.
+            // The place among `max_in_flight` is held until the answer is
+            // archived: at any moment at most that many answers can have
+            // been paid for without being kept.
             let answer = self.send_once(&url, body.clone()).await;
-            drop(permit);
 
             let (verdict, response) = match answer {
                 Ok((status, bytes)) => {
@@ -205,6 +403,9 @@ impl Fetcher {
                     None,
                 ),
             };
+            if let Some(budget) = &self.budget {
+                budget.settle(request.estimate, verdict.cost);
+            }
             record.http_status = verdict.http_status;
             record.status_code = verdict.status_code;
             record.cost += verdict.cost;
@@ -220,13 +421,16 @@ impl Fetcher {
             match verdict.outcome {
                 Outcome::Ok | Outcome::NoResults => {
                     self.pacer.on_success();
-                    return Ok(Fetched {
+                    let fetched = Fetched {
                         body: response.unwrap_or_default(),
                         outcome: verdict.outcome,
                         task_id: verdict.task_id,
                         cost: verdict.cost,
                         fetched_at: Utc::now(),
-                    });
+                        replayed: false,
+                    };
+                    self.archive_answer(request, &fetched, record).await;
+                    return Ok(fetched);
                 }
                 Outcome::RateLimited | Outcome::TooManyInFlight => {
                     let counter = if verdict.outcome == Outcome::RateLimited {
@@ -262,6 +466,7 @@ impl Fetcher {
                 }
             }
             last = describe(&verdict);
+            drop(permit);
         }
         Err(Error::Exhausted {
             attempts: record.attempts,
@@ -446,6 +651,98 @@ mod tests {
             Outcome::Transient
         );
         assert_eq!(judge(200, br#"{"tasks":[]}"#).outcome, Outcome::Transient);
+    }
+
+    fn offline_config() -> FetcherConfig {
+        FetcherConfig {
+            // Nothing listens here; the tests below must not need it.
+            base_url: "http://127.0.0.1:9".into(),
+            login: "l".into(),
+            password: backlinks_model::Secret::new("p"),
+            requests_per_minute: 60_000,
+            max_in_flight: 2,
+            timeout: std::time::Duration::from_secs(1),
+            retry: crate::RetryPolicy::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn archived_answers_are_replayed_without_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = serde_json::json!({"target": "a.com", "limit": 10});
+        let key = request_key(Endpoint::Summary, &serde_json::to_vec(&task).unwrap());
+        let writer = ArchiveWriter::new(dir.path(), "r1").unwrap();
+        let body = r#"{"status_code":20000,"tasks":[{"id":"t1","status_code":40102,"cost":0.02}]}"#;
+        writer
+            .append(
+                Endpoint::Summary,
+                &ArchiveRecord {
+                    v: 1,
+                    run_id: "r1".into(),
+                    endpoint: "summary".into(),
+                    target: "a.com".into(),
+                    page: 0,
+                    key,
+                    request: task.clone(),
+                    http_status: Some(200),
+                    status_code: Some(40102),
+                    task_id: Some("t1".into()),
+                    cost: 0.02,
+                    fetched_at: Utc::now(),
+                    body: body.into(),
+                },
+            )
+            .unwrap();
+        writer.finish().unwrap();
+        let files = crate::archive::archive_files(dir.path()).unwrap();
+        let index = Arc::new(ArchiveIndex::build(&files).unwrap());
+        let fetcher = Fetcher::new(offline_config(), CancellationToken::new())
+            .unwrap()
+            .with_replay(index)
+            .offline();
+
+        let hit = fetcher.post(Endpoint::Summary, "a.com", 0, &task).await;
+        let fetched = hit.result.unwrap();
+        assert_eq!(&fetched.body[..], body.as_bytes());
+        assert_eq!(
+            (fetched.outcome, fetched.cost, fetched.replayed),
+            (Outcome::NoResults, 0.02, true)
+        );
+        let r = &hit.record;
+        assert_eq!(
+            (r.replayed, r.attempts, r.cost, r.status_code),
+            (true, 0, 0.0, Some(40102))
+        );
+        assert_eq!(r.task_id.as_deref(), Some("t1"));
+
+        let other = serde_json::json!({"target": "a.com", "limit": 11});
+        let miss = fetcher.post(Endpoint::Summary, "a.com", 0, &other).await;
+        assert!(matches!(miss.result, Err(Error::NotArchived)));
+        assert_eq!(miss.record.attempts, 0);
+        let stats = fetcher.stats();
+        assert_eq!((stats.replayed, stats.attempts), (1, 0));
+        assert!((fetcher.replayed_cost() - 0.02).abs() < 1e-12);
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_cap_is_never_sent_and_stops_the_run() {
+        let cancel = CancellationToken::new();
+        let fetcher = Fetcher::new(offline_config(), cancel.clone())
+            .unwrap()
+            .with_budget(Arc::new(Budget::new(0.03)));
+        let task = serde_json::json!({"target": "a.com"});
+        let refused = fetcher
+            .post_with_estimate(Endpoint::Backlinks, "a.com", 0, &task, 0.05)
+            .await;
+        assert!(
+            matches!(refused.result, Err(Error::BudgetExhausted { cap, spent }) if cap == 0.03 && spent == 0.0),
+            "{:?}",
+            refused.result
+        );
+        assert_eq!(refused.record.attempts, 0, "nothing was sent");
+        assert_eq!(fetcher.stats().attempts, 0);
+        assert!(cancel.is_cancelled(), "dispatching stops");
+        assert!(fetcher.budget().unwrap().exhausted());
     }
 
     #[test]

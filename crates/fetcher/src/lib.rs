@@ -12,12 +12,25 @@
 //! [`RequestRecord`](backlinks_model::RequestRecord) for the ledger and, on
 //! success, the response body (for the normalizer) with its task id and
 //! cost. The fetcher knows nothing of rows.
+//!
+//! Optional capabilities are added with builder methods:
+//! [`Fetcher::with_archive`] stores every successful answer in the raw
+//! archive ([`ArchiveWriter`], see [`archive`]) before returning it;
+//! [`Fetcher::with_replay`] answers requests already archived from an
+//! [`ArchiveIndex`] without calling the API (resume after a crash, and
+//! with [`Fetcher::offline`] a replay that never touches the network);
+//! [`Fetcher::with_budget`] enforces a spend cap ([`Budget`]) with the
+//! estimates passed to [`Fetcher::post_with_estimate`].
 
+pub mod archive;
+mod budget;
 mod client;
 mod pacer;
 
 use std::time::Duration;
 
+pub use archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter};
+pub use budget::Budget;
 pub use client::{Exchange, Fetched, Fetcher, FetcherStats};
 pub use pacer::Pacer;
 
@@ -44,6 +57,16 @@ pub enum Error {
     /// The HTTP client could not be built (TLS backend, bad settings).
     #[error("building the HTTP client: {0}")]
     Client(String),
+    /// Sending would have pushed the spend past the cap; nothing was sent
+    /// and the run stops dispatching.
+    #[error("spend cap of ${cap:.5} reached: ${spent:.5} spent")]
+    BudgetExhausted { cap: f64, spent: f64 },
+    /// Offline (replay) and the archive holds no answer to this request.
+    #[error("not in the archive (replay sends no request)")]
+    NotArchived,
+    /// The raw archive could not be read or written (names the file).
+    #[error("raw archive: {0}")]
+    Archive(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

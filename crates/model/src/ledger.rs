@@ -29,6 +29,9 @@ pub struct RequestRecord {
     pub task_id: Option<String>,
     /// Why the request finally failed; `None` on success.
     pub error: Option<String>,
+    /// Answered from the raw archive (paid by an earlier run; `cost` 0,
+    /// `attempts` 0) instead of the API.
+    pub replayed: bool,
 }
 
 /// One run of a pipeline, as the `runs` table holds it.
@@ -39,14 +42,16 @@ pub struct RunRecord {
     pub snapshot_date: chrono::NaiveDate,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `succeeded`, `partial`, `failed`, `interrupted` or
-    /// `account_error`.
+    /// `running`, `succeeded`, `partial`, `failed`, `interrupted`,
+    /// `account_error` or `budget_exhausted`.
     pub status: String,
     pub units_total: i64,
     pub units_ok: i64,
     pub units_failed: i64,
     pub requests: i64,
     pub retries: i64,
+    /// Costs the API reported for this run's requests (replayed answers
+    /// count 0).
     pub cost_usd: f64,
     /// JSON object: rows written per dataset.
     pub rows: String,
@@ -55,4 +60,8 @@ pub struct RunRecord {
     /// JSON object: the run's effective settings (never credentials).
     pub settings: String,
     pub error: Option<String>,
+    /// Answers reused from the raw archive instead of asking the API.
+    pub replayed: i64,
+    /// What those answers cost when earlier runs fetched them, in USD.
+    pub replayed_cost_usd: f64,
 }

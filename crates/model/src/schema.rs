@@ -301,6 +301,8 @@ static REQUESTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("latency_ms", DataType::Int64, false),
         Field::new("task_id", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
+        // Answered from the raw archive (paid by an earlier run).
+        Field::new("replayed", DataType::Boolean, false),
     ]))
 });
 
@@ -311,7 +313,8 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("snapshot_date", DataType::Date32, false),
         Field::new("started_at", timestamp_type(), false),
         Field::new("finished_at", timestamp_type(), true),
-        // running, succeeded, partial, failed, interrupted, account_error
+        // running, succeeded, partial, failed, interrupted, account_error,
+        // budget_exhausted
         Field::new("status", DataType::Utf8, false),
         Field::new("units_total", DataType::Int64, false),
         Field::new("units_ok", DataType::Int64, false),
@@ -325,6 +328,10 @@ static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("unknown_fields", DataType::Utf8, false),
         Field::new("settings", DataType::Utf8, false),
         Field::new("error", DataType::Utf8, true),
+        // Answers reused from the raw archive, and what they cost when an
+        // earlier run fetched them.
+        Field::new("replayed", DataType::Int64, false),
+        Field::new("replayed_cost_usd", DataType::Float64, false),
     ]))
 });
 

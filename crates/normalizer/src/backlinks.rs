@@ -679,9 +679,46 @@ fn keep_unknown<'de, A: MapAccess<'de>>(
         map.next_value::<IgnoredAny>()?;
     } else {
         let value: &'de RawValue = map.next_value()?;
+        if nesting_depth(value.get()) > MAX_EXTRA_DEPTH {
+            return Err(de::Error::custom(format_args!(
+                "recursion limit exceeded: `{name}` is nested deeper than {MAX_EXTRA_DEPTH} levels"
+            )));
+        }
         kept.push((name, value));
     }
     Ok(())
+}
+
+/// The deepest nesting an unknown value kept in `extra` may have: the
+/// recursion limit of `serde_json` values (and far below what a Postgres
+/// `jsonb` accepts), so a hostile answer fails here, naming its path,
+/// rather than in a sink.
+const MAX_EXTRA_DEPTH: usize = 128;
+
+/// How deeply arrays and objects nest in the JSON text `raw`.
+fn nesting_depth(raw: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in raw.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// The `items` array.
@@ -1507,6 +1544,28 @@ mod tests {
             assert!(msg.contains(&format!("at `{path}`:")), "{path}: {msg}");
             assert!(msg.contains(expected), "{expected}: {msg}");
         }
+    }
+
+    #[test]
+    fn unknown_values_nested_too_deep_are_refused_with_their_path() {
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        let err = decode_error_of(&format!(r#"[{{"rank":1}},{{"new_field":{deep}}}]"#));
+        assert!(err.contains("`tasks[0].result[0].items[1]`"), "{err}");
+        assert!(
+            err.contains("`new_field` is nested deeper than 128 levels"),
+            "{err}"
+        );
+        // 128 levels are kept, brackets inside strings do not count.
+        let fits = format!("{}{}", "[".repeat(128), "]".repeat(128));
+        let rows = rows_at(
+            0,
+            &page(&format!(
+                r#"[{{"new_field":{fits}}},{{"note":"[[[[{{{{\"[["}}]"#
+            )),
+        )
+        .unwrap();
+        assert_eq!(rows.backlinks.num_rows(), 2);
+        assert_eq!(nesting_depth(r#"{"a":"]]]","b":[{"c":"\\\"["}]}"#), 3);
     }
 
     #[test]

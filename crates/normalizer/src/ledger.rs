@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Array, Date32Builder, Float64Array, Float64Builder, Int64Array, Int64Builder,
-    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, BooleanBuilder, Date32Array, Date32Builder, Float64Array, Float64Builder, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder,
 };
 use backlinks_model::{Dataset, RequestRecord, RunRecord};
@@ -39,6 +39,7 @@ pub fn requests_batch(
     let mut latency = Int64Builder::with_capacity(n);
     let mut task_id = StringBuilder::with_capacity(n, n * 36);
     let mut error = StringBuilder::new();
+    let mut replayed = BooleanBuilder::with_capacity(n);
     for r in records {
         run.append_value(run_id);
         pipe.append_value(pipeline);
@@ -55,6 +56,7 @@ pub fn requests_batch(
         latency.append_value(to_i64(r.latency_ms));
         task_id.append_option(r.task_id.as_deref());
         error.append_option(r.error.as_deref());
+        replayed.append_value(r.replayed);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(run.finish()),
@@ -72,6 +74,7 @@ pub fn requests_batch(
         Arc::new(latency.finish()),
         Arc::new(task_id.finish()),
         Arc::new(error.finish()),
+        Arc::new(replayed.finish()),
     ];
     RecordBatch::try_new(Dataset::Requests.schema(), columns)
 }
@@ -100,6 +103,8 @@ pub fn run_batch(run: &RunRecord) -> Result<RecordBatch, arrow::error::ArrowErro
         text(&run.unknown_fields),
         text(&run.settings),
         Arc::new(StringArray::from(vec![run.error.as_deref()])),
+        int(run.replayed),
+        Arc::new(Float64Array::from(vec![run.replayed_cost_usd])),
     ];
     RecordBatch::try_new(Dataset::Runs.schema(), columns)
 }
@@ -107,6 +112,7 @@ pub fn run_batch(run: &RunRecord) -> Result<RecordBatch, arrow::error::ArrowErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::BooleanArray;
     use backlinks_model::Endpoint;
     use chrono::{TimeZone, Utc};
 
@@ -125,10 +131,22 @@ mod tests {
             latency_ms: 80,
             task_id: Some("t".into()),
             error: None,
+            replayed: false,
         };
         let date = NaiveDate::from_ymd_opt(2026, 1, 2).unwrap();
-        let batch = requests_batch("r1", "demo", date, &[record.clone(), record]).unwrap();
+        let replayed = RequestRecord {
+            replayed: true,
+            ..record.clone()
+        };
+        let batch = requests_batch("r1", "demo", date, &[record, replayed]).unwrap();
         assert_eq!(batch.num_rows(), 2);
+        let flags = batch
+            .column_by_name("replayed")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .unwrap();
+        assert_eq!((flags.value(0), flags.value(1)), (false, true));
         let run = RunRecord {
             run_id: "r1".into(),
             pipeline: "demo".into(),
@@ -146,9 +164,18 @@ mod tests {
             unknown_fields: "{}".into(),
             settings: "{}".into(),
             error: None,
+            replayed: 3,
+            replayed_cost_usd: 0.06,
         };
         let batch = run_batch(&run).unwrap();
         assert_eq!(batch.num_rows(), 1);
         assert_eq!(batch.column_by_name("finished_at").unwrap().null_count(), 1);
+        let replayed = batch
+            .column_by_name("replayed")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(replayed.value(0), 3);
     }
 }

@@ -254,6 +254,7 @@ impl Shared {
                 cost: 0.0,
                 http_status: http.as_u16(),
                 fault: None,
+                task: None,
             });
         }
         let mut response = json_response(http, body.to_string().into_bytes());
@@ -304,6 +305,11 @@ impl Shared {
             cost: 0.0,
             http_status: 200,
             fault,
+            task: self
+                .recorder
+                .keeps_log()
+                .then(|| serde_json::to_string(&task).ok())
+                .flatten(),
         };
 
         if fault == Some(FaultKind::RateLimitStorm) {

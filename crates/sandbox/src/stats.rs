@@ -46,6 +46,11 @@ pub struct LoggedRequest {
     pub http_status: u16,
     /// The fault injected into this answer, if any.
     pub fault: Option<FaultKind>,
+    /// The task as the sandbox read it, as compact JSON with sorted keys
+    /// (paging fields included), when the request was processed and
+    /// `keep_log` is on; `None` for refused requests. It tells two requests
+    /// of the same target apart.
+    pub task: Option<String>,
 }
 
 /// The counters and the log behind one lock.
@@ -128,6 +133,7 @@ mod tests {
             cost,
             http_status,
             fault,
+            task: None,
         }
     }
 

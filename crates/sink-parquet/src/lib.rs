@@ -64,6 +64,9 @@ pub enum Error {
     /// An earlier write to this file failed, so it will not be put in place.
     #[error("{}: an earlier write failed; the file was abandoned", .path.display())]
     Abandoned { path: PathBuf },
+    /// A write after the file was prepared (closed) for its commit.
+    #[error("{}: written after it was closed for commit", .path.display())]
+    Closed { path: PathBuf },
 }
 
 /// The result type of this crate.
@@ -183,8 +186,20 @@ impl StagedPartition {
     }
 
     /// Closes and fsyncs every file (a dataset without rows gets a file with
-    /// zero rows), renames each onto its final name, then fsyncs the
-    /// directories. On error the files not yet renamed are removed.
+    /// zero rows) without making anything visible yet, so that the last
+    /// thing that can fail for lack of space or a broken disk happens before
+    /// another sink commits. [`commit`](Self::commit) then only renames.
+    /// Nothing can be written after it.
+    pub fn prepare(&mut self) -> Result<()> {
+        for file in &mut self.files {
+            file.close()?;
+        }
+        Ok(())
+    }
+
+    /// Closes and fsyncs every file not yet [prepared](Self::prepare),
+    /// renames each onto its final name, then fsyncs the directories. On
+    /// error the files not yet renamed are removed.
     pub fn commit(mut self) -> Result<()> {
         for file in &mut self.files {
             file.close()?;
@@ -272,7 +287,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{
-        ArrayRef, AsArray, Date32Array, Float64Array, Int64Array, StringArray,
+        ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, Int64Array, StringArray,
         TimestampMicrosecondArray, new_null_array,
     };
     use arrow::datatypes::{DataType, Int64Type};
@@ -319,6 +334,7 @@ mod tests {
                         (0..n).map(|i| i as f64 / 8.0),
                     )),
                     DataType::Date32 => Arc::new(Date32Array::from(vec![20_781; n])),
+                    DataType::Boolean => Arc::new(BooleanArray::from(vec![false; n])),
                     DataType::Timestamp(_, _) => Arc::new(
                         TimestampMicrosecondArray::from_iter_values(
                             (0..n as i64).map(|i| 1_795_000_000_000_000 + i),
@@ -498,6 +514,29 @@ mod tests {
             "example.com",
         ));
         assert_eq!(int_column(&rows, "rank"), vec![Some(2)]);
+        assert_eq!(temp_files(root.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_prepared_partition_is_invisible_until_commit_and_refuses_writes() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(root.path()).unwrap();
+        let datasets = [Dataset::Summary, Dataset::SummaryBreakdown];
+        let mut staged = sink.begin(&key("example.com"), &datasets).unwrap();
+        staged
+            .write(Dataset::Summary, &summary("example.com", 7))
+            .unwrap();
+        staged.prepare().unwrap();
+        let dest = partition_path(root.path(), Dataset::Summary, "example.com");
+        assert!(!dest.exists(), "nothing is visible before commit");
+        let err = staged
+            .write(Dataset::Summary, &summary("example.com", 8))
+            .unwrap_err();
+        assert!(err.to_string().contains("closed for commit"), "{err}");
+        staged.prepare().unwrap();
+        staged.commit().unwrap();
+        let (rows, _) = read(&dest);
+        assert_eq!(int_column(&rows, "rank"), vec![Some(7)]);
         assert_eq!(temp_files(root.path()), Vec::<PathBuf>::new());
     }
 

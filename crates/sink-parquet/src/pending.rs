@@ -37,6 +37,8 @@ pub(crate) struct PendingFile {
     on_disk: bool,
     /// Set when writing failed part way: the file is abandoned.
     failed: bool,
+    /// Set once the footer is written and the file fsync'd.
+    closed: bool,
     rows: u64,
 }
 
@@ -52,6 +54,7 @@ impl PendingFile {
             writer: None,
             on_disk: false,
             failed: false,
+            closed: false,
             rows: 0,
         }
     }
@@ -74,6 +77,11 @@ impl PendingFile {
     /// Appends `batch`, which must have the dataset's columns.
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.check_usable()?;
+        if self.closed {
+            return Err(Error::Closed {
+                path: self.dest.clone(),
+            });
+        }
         let batch = conform(self.dataset, batch)?;
         if batch.num_rows() == 0 {
             return Ok(());
@@ -105,9 +113,13 @@ impl PendingFile {
     /// rows is written with the dataset's schema and zero rows.
     pub(crate) fn close(&mut self) -> Result<()> {
         self.check_usable()?;
+        if self.closed {
+            return Ok(());
+        }
         let result = self.close_inner();
-        if result.is_err() {
-            self.failed = true;
+        match result {
+            Ok(()) => self.closed = true,
+            Err(_) => self.failed = true,
         }
         result
     }

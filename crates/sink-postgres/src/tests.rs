@@ -576,6 +576,7 @@ fn request_row(run_id: &str, target: &str, cost: f64) -> TestRow {
         ("latency_ms", V::I(120)),
         ("task_id", V::Null),
         ("error", V::Null),
+        ("replayed", V::B(false)),
     ]
 }
 
@@ -597,6 +598,8 @@ fn run_row(status: &str, finished: Option<i64>, rows: &str) -> TestRow {
         ("unknown_fields", s("{}")),
         ("settings", s(r#"{"max_in_flight":8}"#)),
         ("error", V::Null),
+        ("replayed", V::I(0)),
+        ("replayed_cost_usd", V::F(0.0)),
     ]
 }
 

@@ -342,6 +342,16 @@ async fn over_the_rolling_cap_answers_40202() {
     let log = sandbox.log();
     assert_eq!(log[4].target.as_deref(), Some("t4.com"));
     assert_eq!(log[4].status_code, Some(40202));
+    // Processed requests carry their task; refused ones do not.
+    assert!(
+        log[0]
+            .task
+            .as_deref()
+            .is_some_and(|t| t.contains("\"target\":\"t0.com\"")),
+        "{:?}",
+        log[0].task
+    );
+    assert_eq!(log[4].task, None);
     sandbox.shutdown().await;
 }
 

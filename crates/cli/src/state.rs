@@ -1,0 +1,329 @@
+//! The state directory: the raw archive, run manifests and dead letters.
+//!
+//! ```text
+//! <state>/archive/<pipeline>/snapshot_date=D/<run_id>__<endpoint>.zst
+//! <state>/runs/<pipeline>/snapshot_date=D/<run_id>.json          manifest
+//! <state>/runs/<pipeline>/snapshot_date=D/<run_id>.failed.ndjson dead letters
+//! ```
+//!
+//! A manifest is written (temp file + rename) when a run starts, with
+//! status `running`, and again when it ends. A manifest that still says
+//! `running` belongs to a run that died. Run ids are UUIDv7, so sorting by
+//! id sorts by start time.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `<state>/archive/<pipeline>/snapshot_date=D`.
+pub fn archive_dir(state: &Path, pipeline: &str, date: NaiveDate) -> PathBuf {
+    state
+        .join("archive")
+        .join(pipeline)
+        .join(format!("snapshot_date={date}"))
+}
+
+/// `<state>/runs/<pipeline>/snapshot_date=D`.
+pub fn runs_dir(state: &Path, pipeline: &str, date: NaiveDate) -> PathBuf {
+    state
+        .join("runs")
+        .join(pipeline)
+        .join(format!("snapshot_date={date}"))
+}
+
+/// What a run did, as `<run_id>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub v: u32,
+    pub run_id: String,
+    pub pipeline: String,
+    pub snapshot_date: NaiveDate,
+    /// `run`, `run --retry-failed`, `run --refetch` or `replay`.
+    pub command: String,
+    /// As in the `runs` table; `running` until the run ends.
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub units_total: u64,
+    pub units_ok: u64,
+    pub units_failed: u64,
+    pub units_not_run: u64,
+    /// HTTP requests sent.
+    pub requests: u64,
+    /// Costs the API reported for this run's requests.
+    pub cost_usd: f64,
+    /// Answers reused from the archive, and what they cost earlier.
+    pub replayed: u64,
+    pub replayed_cost_usd: f64,
+    pub rows: BTreeMap<String, u64>,
+    pub error: Option<String>,
+}
+
+impl Manifest {
+    /// Whether the run ended (any status but `running`).
+    pub fn finished(&self) -> bool {
+        self.status != "running"
+    }
+}
+
+/// Writes `manifest` as `<dir>/<run_id>.json` atomically.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{}.json", manifest.run_id));
+    let temp = dir.join(format!(".{}.json.tmp", manifest.run_id));
+    let text = serde_json::to_vec_pretty(manifest).context("encoding the run manifest")?;
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)
+    };
+    write().with_context(|| format!("writing the run manifest {}", path.display()))
+}
+
+/// Every manifest in `dir`, oldest run first. Unreadable ones are skipped
+/// with a warning.
+pub fn read_manifests(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let parsed = std::fs::read(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(serde_json::from_slice::<Manifest>(&bytes)?));
+        match parsed {
+            Ok(manifest) => out.push(manifest),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable run manifest")
+            }
+        }
+    }
+    out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    Ok(out)
+}
+
+/// One unit that failed for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub endpoint: String,
+    pub target: String,
+    pub error: String,
+    /// The API's status code of the last answer, if one came.
+    pub status_code: Option<i64>,
+}
+
+/// `<dir>/<run_id>.failed.ndjson`, created on the first failure and
+/// appended line by line as units fail.
+pub struct DeadLetters {
+    path: PathBuf,
+    file: Mutex<Option<File>>,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl DeadLetters {
+    pub fn new(dir: &Path, run_id: &str) -> Self {
+        Self {
+            path: dead_letters_file(dir, run_id),
+            file: Mutex::new(None),
+            count: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Appends one line (flushed at once).
+    pub fn append(&self, letter: &DeadLetter) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(letter).context("encoding a dead letter")?;
+        line.push(b'\n');
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if file.is_none() {
+            *file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .with_context(|| format!("opening {}", self.path.display()))?,
+            );
+        }
+        if let Some(f) = file.as_mut() {
+            f.write_all(&line)
+                .and_then(|()| f.flush())
+                .with_context(|| format!("writing {}", self.path.display()))?;
+        }
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The file, whether or not any unit failed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Lines written.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+pub fn dead_letters_file(dir: &Path, run_id: &str) -> PathBuf {
+    dir.join(format!("{run_id}.failed.ndjson"))
+}
+
+/// The dead letters of `run_id` (none if the file does not exist). A torn
+/// last line (the run died while writing it) is skipped.
+pub fn read_dead_letters(dir: &Path, run_id: &str) -> anyhow::Result<Vec<DeadLetter>> {
+    let path = dead_letters_file(dir, run_id);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if let Ok(letter) = serde_json::from_str::<DeadLetter>(&line) {
+            out.push(letter);
+        }
+    }
+    Ok(out)
+}
+
+/// The run id an archive file belongs to (`<run_id>__<endpoint>.zst`).
+pub fn archive_run_id(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    name.split_once("__").map(|(id, _)| id.to_owned())
+}
+
+/// The archive files a new run resumes from: those of the runs since the
+/// last run that succeeded (a run that finished well closes the chain, so
+/// re-running a finished day fetches anew), oldest first.
+pub fn resumable_archive_files(
+    archive: &[PathBuf],
+    manifests: &[Manifest],
+) -> (Vec<PathBuf>, Vec<String>) {
+    let closed_by = manifests
+        .iter()
+        .rev()
+        .find(|m| m.status == "succeeded")
+        .map(|m| m.run_id.clone());
+    let files: Vec<PathBuf> = archive
+        .iter()
+        .filter(|path| match (&closed_by, archive_run_id(path)) {
+            (Some(last), Some(id)) => id > *last,
+            (None, _) => true,
+            (Some(_), None) => false,
+        })
+        .cloned()
+        .collect();
+    let mut runs: Vec<String> = files.iter().filter_map(|p| archive_run_id(p)).collect();
+    runs.dedup();
+    (files, runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(run_id: &str, status: &str) -> Manifest {
+        Manifest {
+            v: 1,
+            run_id: run_id.into(),
+            pipeline: "p".into(),
+            snapshot_date: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
+            command: "run".into(),
+            status: status.into(),
+            started_at: Utc::now(),
+            finished_at: None,
+            units_total: 3,
+            units_ok: 1,
+            units_failed: 1,
+            units_not_run: 1,
+            requests: 2,
+            cost_usd: 0.04,
+            replayed: 0,
+            replayed_cost_usd: 0.0,
+            rows: BTreeMap::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn manifests_round_trip_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        write_manifest(dir.path(), &manifest("b", "running")).unwrap();
+        write_manifest(dir.path(), &manifest("a", "succeeded")).unwrap();
+        write_manifest(dir.path(), &manifest("b", "interrupted")).unwrap();
+        let all = read_manifests(dir.path()).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|m| (m.run_id.as_str(), m.status.as_str()))
+                .collect::<Vec<_>>(),
+            [("a", "succeeded"), ("b", "interrupted")]
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn dead_letters_are_appended_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let letters = DeadLetters::new(dir.path(), "r1");
+        assert!(read_dead_letters(dir.path(), "r1").unwrap().is_empty());
+        let letter = DeadLetter {
+            endpoint: "summary".into(),
+            target: "badrequest.example.com".into(),
+            error: "request refused".into(),
+            status_code: Some(40501),
+        };
+        letters.append(&letter).unwrap();
+        // A torn last line is skipped.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(letters.path())
+            .unwrap();
+        f.write_all(b"{\"endpoint\":\"summ").unwrap();
+        assert_eq!(read_dead_letters(dir.path(), "r1").unwrap(), vec![letter]);
+        assert_eq!(letters.count(), 1);
+    }
+
+    #[test]
+    fn a_succeeded_run_closes_the_resume_chain() {
+        let files: Vec<PathBuf> = ["r1__summary.zst", "r2__summary.zst", "r3__backlinks.zst"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        // r1 crashed, r2 resumed it and succeeded, r3 crashed: only r3.
+        let manifests = [
+            manifest("r1", "running"),
+            manifest("r2", "succeeded"),
+            manifest("r3", "running"),
+        ];
+        let (resume, runs) = resumable_archive_files(&files, &manifests);
+        assert_eq!(resume, vec![PathBuf::from("r3__backlinks.zst")]);
+        assert_eq!(runs, vec!["r3".to_owned()]);
+        // Nothing succeeded yet: everything.
+        let (resume, _) = resumable_archive_files(&files, &manifests[..1]);
+        assert_eq!(resume.len(), 3);
+    }
+}
