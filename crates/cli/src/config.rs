@@ -444,32 +444,19 @@ impl RawPipeline {
                     s.internal_list_limit
                 ),
             );
-            check(
-                ["all", "live", "lost"].contains(&s.backlinks_status_type.as_str()),
-                format!(
-                    "endpoints.summary.backlinks_status_type = {:?}: use \"all\", \"live\" or \"lost\"",
-                    s.backlinks_status_type
-                ),
+            check_shared_fields(
+                "endpoints.summary",
+                &s.backlinks_status_type,
+                &s.rank_scale,
+                s.tag.as_deref(),
+                &mut check,
             );
-            check(
-                ["one_hundred", "one_thousand"].contains(&s.rank_scale.as_str()),
-                format!(
-                    "endpoints.summary.rank_scale = {:?}: use \"one_hundred\" or \"one_thousand\"",
-                    s.rank_scale
-                ),
-            );
-            if let Some(tag) = &s.tag {
-                check(
-                    tag.chars().count() <= 255,
-                    format!(
-                        "endpoints.summary.tag is {} characters long; the API allows 255",
-                        tag.chars().count()
-                    ),
-                );
-            }
             if let Some(filters) = &s.backlinks_filters {
                 if let Err(problem) = check_filters(filters) {
-                    check(false, format!("endpoints.summary.backlinks_filters: {problem}"));
+                    check(
+                        false,
+                        format!("endpoints.summary.backlinks_filters: {problem}"),
+                    );
                 }
             }
             SummaryRequest {
@@ -632,6 +619,34 @@ impl RawPipeline {
     }
 }
 
+/// The request fields every backlinks endpoint shares, checked the same way
+/// under each endpoint's `section`.
+fn check_shared_fields(
+    section: &str,
+    status_type: &str,
+    rank_scale: &str,
+    tag: Option<&str>,
+    check: &mut impl FnMut(bool, String),
+) {
+    check(
+        ["all", "live", "lost"].contains(&status_type),
+        format!(
+            "{section}.backlinks_status_type = {status_type:?}: use \"all\", \"live\" or \"lost\""
+        ),
+    );
+    check(
+        ["one_hundred", "one_thousand"].contains(&rank_scale),
+        format!("{section}.rank_scale = {rank_scale:?}: use \"one_hundred\" or \"one_thousand\""),
+    );
+    if let Some(tag) = tag {
+        let length = tag.chars().count();
+        check(
+            length <= 255,
+            format!("{section}.tag is {length} characters long; the API allows 255"),
+        );
+    }
+}
+
 /// Checks `[endpoints.backlinks]` and builds its request template.
 fn validate_backlinks(b: &RawBacklinks, check: &mut impl FnMut(bool, String)) -> BacklinksSpec {
     let mode = b.mode.parse::<BacklinksMode>();
@@ -645,29 +660,13 @@ fn validate_backlinks(b: &RawBacklinks, check: &mut impl FnMut(bool, String)) ->
             b.limit
         ),
     );
-    check(
-        ["all", "live", "lost"].contains(&b.backlinks_status_type.as_str()),
-        format!(
-            "endpoints.backlinks.backlinks_status_type = {:?}: use \"all\", \"live\" or \"lost\"",
-            b.backlinks_status_type
-        ),
+    check_shared_fields(
+        "endpoints.backlinks",
+        &b.backlinks_status_type,
+        &b.rank_scale,
+        b.tag.as_deref(),
+        check,
     );
-    check(
-        ["one_hundred", "one_thousand"].contains(&b.rank_scale.as_str()),
-        format!(
-            "endpoints.backlinks.rank_scale = {:?}: use \"one_hundred\" or \"one_thousand\"",
-            b.rank_scale
-        ),
-    );
-    if let Some(tag) = &b.tag {
-        check(
-            tag.chars().count() <= 255,
-            format!(
-                "endpoints.backlinks.tag is {} characters long; the API allows 255",
-                tag.chars().count()
-            ),
-        );
-    }
     if let Some(filters) = &b.filters {
         if let Err(problem) = check_filters(filters) {
             check(false, format!("endpoints.backlinks.filters: {problem}"));

@@ -74,21 +74,9 @@ impl Run {
 
 /// Runs the binary with a clean environment plus `env`.
 pub fn backlinks(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlinks"));
-    cmd.args(args).current_dir(cwd);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DATAFORSEO_")
-            || k.starts_with("BACKLINKS__")
-            || k == "DATABASE_URL"
-            || k == "RUST_LOG"
-        {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let output = cmd.output().expect("the binary runs");
+    let output = backlinks_command(args, env, cwd)
+        .output()
+        .expect("the binary runs");
     Run { output }
 }
 
@@ -259,8 +247,9 @@ pub fn api_micros(s: &str) -> i64 {
         .timestamp_micros()
 }
 
-/// The binary as a [`Command`] with the clean environment of
-/// [`backlinks`] plus `env`, for tests that spawn it and signal it.
+/// The binary as a [`Command`] with a clean environment (none of the
+/// caller's credentials, overrides or log settings) plus `env`; tests that
+/// spawn it and signal it use it directly.
 pub fn backlinks_command(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_backlinks"));
     cmd.args(args).current_dir(cwd);
