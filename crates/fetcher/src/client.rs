@@ -367,7 +367,7 @@ impl Fetcher {
                     .await?;
             }
             let permit = self.cancellable(self.in_flight.acquire()).await?;
-            self.cancellable(self.pacer.acquire()).await?;
+            let sent_at = self.cancellable(self.pacer.acquire()).await?;
             if let Some(budget) = &self.budget {
                 if !budget.reserve(request.estimate) {
                     self.cancel.cancel();
@@ -439,7 +439,7 @@ impl Fetcher {
                         &self.counters.too_many_in_flight
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.slow_down();
+                    self.pacer.slow_down(sent_at);
                     debug!(
                         interval_ms = self.pacer.interval().as_millis() as u64,
                         "slowing down"

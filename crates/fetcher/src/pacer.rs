@@ -15,9 +15,13 @@ use tokio::time::Instant;
 /// rolling one-minute window never sees more than the account's limit.
 ///
 /// When the API still answers 40202/40209, [`Pacer::slow_down`] stretches the
-/// spacing (×1.5, at most ×8); every success shrinks it back by 2 % towards
-/// the configured rate. The pace is held in a `std` mutex touched for a few
-/// nanoseconds per request; waiting happens outside it.
+/// spacing ×1.5 (at most ×8), but once per round trip: answers to requests
+/// sent before the last slowdown took effect say nothing about the new pace
+/// (a burst of 40202 answers to requests already in flight would otherwise
+/// compound into the ×8 floor at once). Every success shrinks the spacing
+/// back by 5 % towards the configured rate, so one slowdown is undone after
+/// about eight clean answers. The pace is held in a `std` mutex touched for a
+/// few nanoseconds per request; waiting happens outside it.
 #[derive(Debug)]
 pub struct Pacer {
     base: Duration,
@@ -28,11 +32,16 @@ pub struct Pacer {
 struct State {
     next: Option<Instant>,
     factor: f64,
+    /// When the last slowdown took effect.
+    slowed_at: Option<Instant>,
 }
 
 /// Spacing headroom over the exact rate (see the type's documentation).
 const HEADROOM: f64 = 1.01;
 const MAX_SLOWDOWN: f64 = 8.0;
+/// Spacing factor of one slowdown, and the share of it each success undoes.
+const SLOWDOWN: f64 = 1.5;
+const RECOVERY: f64 = 0.95;
 
 impl Pacer {
     pub fn new(requests_per_minute: u32) -> Self {
@@ -42,12 +51,14 @@ impl Pacer {
             state: Mutex::new(State {
                 next: None,
                 factor: 1.0,
+                slowed_at: None,
             }),
         }
     }
 
-    /// Waits until this caller's slot.
-    pub async fn acquire(&self) {
+    /// Waits until this caller's slot and returns it: the send time to hand
+    /// to [`Pacer::slow_down`] if the answer is a rate limit.
+    pub async fn acquire(&self) -> Instant {
         let slot = {
             let mut state = self.lock();
             let now = Instant::now();
@@ -56,18 +67,24 @@ impl Pacer {
             slot
         };
         tokio::time::sleep_until(slot).await;
+        slot
     }
 
-    /// The API said we are too fast: stretch the spacing.
-    pub fn slow_down(&self) {
+    /// The API said the request sent at `sent_at` was too fast: stretch the
+    /// spacing, unless it was sent before the last slowdown took effect.
+    pub fn slow_down(&self, sent_at: Instant) {
         let mut state = self.lock();
-        state.factor = (state.factor * 1.5).min(MAX_SLOWDOWN);
+        if state.slowed_at.is_some_and(|at| sent_at <= at) {
+            return;
+        }
+        state.factor = (state.factor * SLOWDOWN).min(MAX_SLOWDOWN);
+        state.slowed_at = Some(Instant::now());
     }
 
     /// A request succeeded: drift back towards the configured rate.
     pub fn on_success(&self) {
         let mut state = self.lock();
-        state.factor = (state.factor * 0.98).max(1.0);
+        state.factor = (state.factor * RECOVERY).max(1.0);
     }
 
     /// The current spacing between two requests.
@@ -158,15 +175,26 @@ mod tests {
     async fn slows_down_on_rate_limits_and_recovers() {
         let pacer = Pacer::new(600);
         let base = pacer.interval();
-        pacer.slow_down();
-        pacer.slow_down();
+        let sent = pacer.acquire().await;
+        // Four answers to requests in flight at the same pace: one slowdown.
+        for _ in 0..4 {
+            pacer.slow_down(sent);
+        }
+        assert_eq!(pacer.interval(), base.mul_f64(1.5));
+        // A request sent after the slowdown and still refused: another one.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let later = pacer.acquire().await;
+        pacer.slow_down(later);
         assert_eq!(pacer.interval(), base.mul_f64(2.25));
-        for _ in 0..100 {
+        // Seventeen clean answers undo both.
+        for _ in 0..17 {
             pacer.on_success();
         }
         assert_eq!(pacer.interval(), base);
         for _ in 0..20 {
-            pacer.slow_down();
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let sent = pacer.acquire().await;
+            pacer.slow_down(sent);
         }
         assert_eq!(pacer.interval(), base.mul_f64(MAX_SLOWDOWN));
     }

@@ -1,0 +1,348 @@
+//! End to end: the real `backlinks` binary on one target of N items, with
+//! its embedded sandbox at zero latency and no cap, into Parquet and
+//! Postgres, timed from start to exit, with its peak resident memory
+//! (`VmHWM` of `/proc/<pid>/status`, polled while it runs).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pg::Scratch;
+use crate::report::{Goal, Section};
+use crate::{Error, Result, Size, per_second, thousands};
+
+/// The goal on peak RSS, bytes.
+pub const GOAL_PEAK_RSS: u64 = 256 << 20;
+
+/// How often the child's memory is read.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The `backlinks` binary next to this one (same profile), if built.
+pub fn binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.with_file_name(format!("backlinks{}", std::env::consts::EXE_SUFFIX));
+    path.is_file().then_some(path)
+}
+
+/// One run of the binary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct E2eRun {
+    /// Items of the target (`items<N>.example.com`).
+    pub items: u64,
+    pub postgres: bool,
+    /// Exit code of the binary (0: every unit landed).
+    pub exit_code: i32,
+    /// From spawn to exit.
+    pub seconds: f64,
+    /// Largest `VmHWM` seen, bytes (`None` if it could not be read).
+    pub peak_rss: Option<u64>,
+    /// `backlinks` and `backlink_redirects` rows from the run's summary.
+    pub rows: Option<(u64, u64)>,
+}
+
+impl E2eRun {
+    /// `backlinks` rows per second of wall time.
+    pub fn rows_per_second(&self) -> f64 {
+        per_second(self.rows.map_or(0, |r| r.0) as f64, self.seconds)
+    }
+}
+
+/// The pipeline file of a run of `items` items.
+fn pipeline(items: u64, postgres: bool) -> String {
+    format!(
+        r#"# Written by backlinks-bench: one target of {items} backlinks, embedded sandbox
+# without latency or cap, every page into the sinks.
+name = "bench-e2e"
+
+[targets]
+list = ["items{items}.example.com"]
+
+[endpoints.backlinks]
+mode = "as_is"
+limit = 1000
+max_items = 0
+
+[api]
+requests_per_minute = 1000000
+max_in_flight = 30
+
+[sinks.parquet]
+dir = "data"
+
+[sinks.postgres]
+enabled = {postgres}
+
+[sandbox]
+seed = 42
+requests_per_minute = 0
+latency_ms = 0
+latency_jitter_ms = 0
+"#
+    )
+}
+
+/// `VmHWM:   123456 kB` of a `/proc/<pid>/status` → bytes.
+fn vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `  rows      backlinks 100000, backlink_redirects 16072` → the two
+/// counts.
+fn rows_line(output: &str) -> Option<(u64, u64)> {
+    let line = output
+        .lines()
+        .find(|l| l.trim_start().starts_with("rows "))?;
+    let mut links = None;
+    let mut redirects = None;
+    for part in line.trim_start().trim_start_matches("rows").split(',') {
+        let mut words = part.split_whitespace();
+        let (Some(name), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let n = n.parse().ok();
+        match name {
+            "backlinks" => links = n,
+            "backlink_redirects" => redirects = n,
+            _ => {}
+        }
+    }
+    Some((links?, redirects.unwrap_or(0)))
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Runs the binary once in a fresh directory (blocking).
+pub fn run(binary: &Path, items: u64, database: Option<&Scratch>) -> Result<E2eRun> {
+    let dir =
+        tempfile::tempdir().map_err(io("creating a temporary directory", &std::env::temp_dir()))?;
+    let file = dir.path().join("bench-e2e.toml");
+    std::fs::write(&file, pipeline(items, database.is_some())).map_err(io("writing", &file))?;
+    let out_path = dir.path().join("output.txt");
+    let out = File::create(&out_path).map_err(io("creating", &out_path))?;
+    let err = out.try_clone().map_err(io("opening", &out_path))?;
+    let mut command = Command::new(binary);
+    command
+        .arg("run")
+        .arg(&file)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("BACKLINKS__") || key.starts_with("DATAFORSEO_") {
+            command.env_remove(key);
+        }
+    }
+    command.env_remove("DATABASE_URL");
+    if let Some(db) = database {
+        command.env("DATABASE_URL", &db.url);
+    }
+    let start = Instant::now();
+    let mut child = command.spawn().map_err(io("starting", binary))?;
+    let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
+    let mut peak: Option<u64> = None;
+    let status = loop {
+        if let Some(hwm) = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|s| vm_hwm(&s))
+        {
+            peak = Some(peak.map_or(hwm, |p| p.max(hwm)));
+        }
+        match child.try_wait().map_err(io("waiting for", binary))? {
+            Some(status) => break status,
+            None => std::thread::sleep(POLL),
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let exit_code = status.code().unwrap_or(-1);
+    if exit_code != 0 {
+        let tail: Vec<&str> = output.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(Error::Child {
+            program: binary.display().to_string(),
+            message: format!(
+                "run of items{items}.example.com exited with {exit_code}:\n{}",
+                tail.join("\n")
+            ),
+        });
+    }
+    Ok(E2eRun {
+        items,
+        postgres: database.is_some(),
+        exit_code,
+        seconds,
+        peak_rss: peak,
+        rows: rows_line(&output),
+    })
+}
+
+/// The sizes of a run.
+pub fn sizes(size: Size) -> Vec<u64> {
+    match size {
+        Size::Quick => vec![10_000],
+        Size::Full => vec![100_000, 1_000_000, 10_000_000],
+    }
+}
+
+/// Runs every size into Parquet and Postgres (Parquet only when Postgres
+/// is unreachable) and renders the section.
+pub async fn section(size: Size) -> Result<Section> {
+    let command = format!(
+        "cargo build --release -p backlinks-cli && cargo run --release -p backlinks-bench -- e2e{}",
+        size.flag()
+    );
+    let Some(binary) = binary() else {
+        let why = "the `backlinks` binary is not built next to `backlinks-bench` \
+                   (build it first with `cargo build -p backlinks-cli` in the same profile, \
+                   `--release` for the report)";
+        eprintln!("e2e: skipped: {why}");
+        let mut section = Section::new("End to end", command, format!("Skipped: {why}.\n"));
+        section.goals.push(skipped_goal());
+        return Ok(section);
+    };
+    let mut runs = Vec::new();
+    let mut pg_note = None;
+    for items in sizes(size) {
+        let scratch = match Scratch::create().await {
+            Ok(s) => Some(s),
+            Err(why) => {
+                pg_note = Some(why);
+                None
+            }
+        };
+        eprintln!(
+            "e2e: {} items into Parquet{} ...",
+            thousands(items as f64),
+            if scratch.is_some() {
+                " and Postgres"
+            } else {
+                ""
+            }
+        );
+        let bin = binary.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let r = run(&bin, items, scratch.as_ref());
+            (r, scratch)
+        });
+        let (result, scratch) = handle.await.map_err(|e| Error::Child {
+            program: "backlinks".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(scratch) = scratch {
+            scratch.drop_database().await?;
+        }
+        let r = result?;
+        eprintln!(
+            "e2e:   {:.1} s, {} rows/s, peak RSS {}",
+            r.seconds,
+            thousands(r.rows_per_second()),
+            r.peak_rss.map_or("?".into(), mib)
+        );
+        runs.push(r);
+    }
+    Ok(render(command, &runs, pg_note.as_deref()))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+fn skipped_goal() -> Goal {
+    Goal {
+        what: "end to end: peak RSS, flat across sizes".into(),
+        goal: "≤ 256 MiB".into(),
+        measured: "skipped (binary not built)".into(),
+        met: None,
+    }
+}
+
+fn render(command: String, runs: &[E2eRun], pg_note: Option<&str>) -> Section {
+    let mut body = String::from(
+        "The real `backlinks` binary (`backlinks run`) on a pipeline with one target \
+         `items<N>.example.com` (the sandbox serves exactly N backlinks), pages of 1000 \
+         (by offset to 20,000, then by `search_after_token`, so one page at a time), the \
+         embedded sandbox with no latency and no cap, `api.requests_per_minute` 1,000,000, \
+         into Parquet and Postgres (a scratch database, dropped afterwards). The sandbox \
+         generates every page's JSON on the same cores. Time is from start to exit \
+         (migrations included); peak RSS is the child's `VmHWM`.\n\n\
+         | items | sinks | wall time | backlinks rows/s | redirect rows | peak RSS |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for r in runs {
+        let _ = writeln!(
+            body,
+            "| {} | {} | {:.1} s | {} | {} | {} |",
+            thousands(r.items as f64),
+            if r.postgres {
+                "Parquet + Postgres"
+            } else {
+                "Parquet"
+            },
+            r.seconds,
+            thousands(r.rows_per_second()),
+            r.rows.map_or("?".into(), |x| thousands(x.1 as f64)),
+            r.peak_rss.map_or("not read".into(), mib)
+        );
+    }
+    if let Some(why) = pg_note {
+        let _ = writeln!(body, "\nPostgres was left out: {why}.");
+    }
+    let mut section = Section::new("End to end and peak memory", command, body);
+    let peaks: Vec<u64> = runs.iter().filter_map(|r| r.peak_rss).collect();
+    match peaks.iter().max() {
+        Some(&max) => {
+            let min = peaks.iter().copied().min().unwrap_or(max);
+            // Flat: the largest run within a quarter of the smallest.
+            let flat = max as f64 <= 1.25 * min as f64;
+            section.goals.push(Goal {
+                what: "end to end: peak RSS, largest run".into(),
+                goal: "≤ 256 MiB, flat".into(),
+                measured: format!(
+                    "{} (smallest run {}{})",
+                    mib(max),
+                    mib(min),
+                    if flat { "" } else { ": grows with items" }
+                ),
+                met: Some(max <= GOAL_PEAK_RSS && flat),
+            });
+        }
+        None => section.goals.push(skipped_goal()),
+    }
+    section
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_peak_and_the_rows() {
+        let status = "Name:\tbacklinks\nVmPeak:\t 999 kB\nVmHWM:\t  136000 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(vm_hwm(status), Some(136_000 * 1024));
+        assert_eq!(vm_hwm("Name: x\n"), None);
+        let out = "run 01a…  pipeline bench-e2e  succeeded in 3.1s\n  units     1 ok\n  rows      backlinks 100000, backlink_redirects 16072\n";
+        assert_eq!(rows_line(out), Some((100_000, 16_072)));
+        assert_eq!(rows_line("  rows      summary 3\n"), None);
+    }
+
+    #[test]
+    fn the_pipeline_names_the_target_and_switches_postgres() {
+        let p = pipeline(100_000, true);
+        assert!(p.contains("list = [\"items100000.example.com\"]"));
+        assert!(p.contains("enabled = true"));
+        assert!(p.contains("latency_ms = 0"));
+        assert!(!pipeline(10, false).contains("enabled = true"));
+    }
+}
