@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 const SNAPSHOT: &str = "2026-02-03";
 const DATA_SEED: u64 = 11;
 const MAX_IN_FLIGHT: usize = 4;
+/// How many kill points the crash test tries (one seed each).
+const CRASH_SEEDS: u64 = 24;
 const DATASETS: [&str; 4] = [
     "summary",
     "summary_breakdown",
@@ -193,7 +195,7 @@ async fn a_killed_run_resumes_to_the_same_rows_without_paying_twice() {
 
     let mut killed_mid_run = 0;
     let mut reused = 0;
-    for seed in 0..12u64 {
+    for seed in 0..CRASH_SEEDS {
         let sandbox = crash_sandbox().await;
         let dir = tempfile::tempdir().unwrap();
         let db = scratch_database("resume").await;
@@ -266,11 +268,11 @@ async fn a_killed_run_resumes_to_the_same_rows_without_paying_twice() {
         sandbox.shutdown().await;
     }
     assert!(
-        killed_mid_run >= 5,
-        "only {killed_mid_run} of 12 kills hit a running run"
+        killed_mid_run >= 10,
+        "only {killed_mid_run} of {CRASH_SEEDS} kills hit a running run"
     );
     assert!(
-        reused >= 5,
+        reused >= 10,
         "only {reused} resumed runs reused archived answers"
     );
 }
