@@ -43,10 +43,11 @@ pub async fn scratch_database(tag: &str) -> String {
     let mut admin = PgConnection::connect(&base)
         .await
         .expect("DATABASE_URL reachable");
-    let name = format!(
-        "backlinks_e2e_{tag}_{}",
-        uuid::Uuid::now_v7().simple().to_string()[..16].to_owned()
-    );
+    // The whole UUID: its first half is mostly the time, and two tests
+    // with the same tag can start in the same millisecond. Tags stay short
+    // enough for Postgres' 63-byte names.
+    let name = format!("backlinks_e2e_{tag}_{}", uuid::Uuid::now_v7().simple());
+    assert!(name.len() <= 63, "tag {tag:?} too long for a database name");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await
