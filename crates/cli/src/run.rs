@@ -336,26 +336,20 @@ pub async fn execute(args: RunArgs, mode: Mode) -> anyhow::Result<u8> {
     {
         units = retry_units(units, &runs_dir, &spec.name, snapshot_date)?;
     }
-    if let Mode::Fetch {
-        max_cost: Some(cap),
-        ..
-    } = &mode
-    {
-        if !cap.is_finite() || *cap < 0.0 {
-            return Err(InputError(format!(
-                "--max-cost {cap}: give an amount in USD (0 = no cap)"
-            ))
-            .into());
-        }
-    }
+    // `--max-cost` wins over the pipeline's cap; `--max-cost 0` lifts it.
     let max_cost = match &mode {
         Mode::Fetch {
             max_cost: Some(cap),
             ..
-        } if *cap > 0.0 => Some(*cap),
-        Mode::Fetch {
-            max_cost: Some(_), ..
-        } => None,
+        } => {
+            if !cap.is_finite() || *cap < 0.0 {
+                return Err(InputError(format!(
+                    "--max-cost {cap}: give an amount in USD (0 = no cap)"
+                ))
+                .into());
+            }
+            (*cap > 0.0).then_some(*cap)
+        }
         _ => spec.max_cost_usd,
     };
 
@@ -471,26 +465,7 @@ pub async fn execute(args: RunArgs, mode: Mode) -> anyhow::Result<u8> {
         replayed: 0,
         replayed_cost_usd: 0.0,
     };
-    let mut manifest = state::Manifest {
-        v: 1,
-        run_id: run_id.clone(),
-        pipeline: spec.name.to_string(),
-        snapshot_date,
-        command: mode.command().into(),
-        status: "running".into(),
-        started_at,
-        finished_at: None,
-        units_total: units.len() as u64,
-        units_ok: 0,
-        units_failed: 0,
-        units_not_run: 0,
-        requests: 0,
-        cost_usd: 0.0,
-        replayed: 0,
-        replayed_cost_usd: 0.0,
-        rows: BTreeMap::new(),
-        error: None,
-    };
+    let manifest = state::Manifest::of_run(&record, mode.command(), BTreeMap::new());
     tokio::task::block_in_place(|| state::write_manifest(&runs_dir, &manifest))?;
     sinks.record_run(&record).await?;
     info!(
@@ -639,15 +614,15 @@ pub async fn execute(args: RunArgs, mode: Mode) -> anyhow::Result<u8> {
     };
     let ledger_error = ledger_result.as_ref().err().map(|e| format!("{e:#}"));
     let archive_error = archive_result.as_ref().err().map(|e| format!("{e:#}"));
-    let finished_at = Utc::now();
-    record.finished_at = Some(finished_at);
+    let rows = report.rows_by_name();
+    record.finished_at = Some(Utc::now());
     record.status = status.into();
     record.units_ok = report.units_ok as i64;
     record.units_failed = report.units_failed as i64;
     record.requests = report.requests as i64;
     record.retries = report.retries as i64;
     record.cost_usd = report.cost_usd;
-    record.rows = serde_json::to_string(&report.rows_by_name())?;
+    record.rows = serde_json::to_string(&rows)?;
     record.unknown_fields = serde_json::to_string(&report.unknown)?;
     record.replayed = report.replayed as i64;
     record.replayed_cost_usd = report.replayed_cost;
@@ -656,21 +631,11 @@ pub async fn execute(args: RunArgs, mode: Mode) -> anyhow::Result<u8> {
         .or(budget_problem.clone())
         .or(ledger_error.clone())
         .or(archive_error.clone());
-    manifest.status = status.into();
-    manifest.finished_at = Some(finished_at);
-    manifest.units_ok = report.units_ok;
-    manifest.units_failed = report.units_failed;
-    manifest.units_not_run = report.units_not_run;
-    manifest.requests = report.requests;
-    manifest.cost_usd = report.cost_usd;
-    manifest.replayed = report.replayed;
-    manifest.replayed_cost_usd = report.replayed_cost;
-    manifest.rows = report
-        .rows_by_name()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    manifest.error = record.error.clone();
+    let manifest = state::Manifest::of_run(
+        &record,
+        mode.command(),
+        rows.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    );
     let recorded = sinks.record_run(&record).await;
     let run_file = tokio::task::block_in_place(|| sinks.finish_run_file(&record));
     tokio::task::block_in_place(|| state::write_manifest(&runs_dir, &manifest))?;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
+use backlinks_model::RunRecord;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,36 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of `run` as it stands (the `runs` row is the one
+    /// account of a run; the manifest mirrors it on disk), started by
+    /// `command`, with its rows per dataset.
+    pub fn of_run(run: &RunRecord, command: &str, rows: BTreeMap<String, u64>) -> Self {
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Self {
+            v: 1,
+            run_id: run.run_id.clone(),
+            pipeline: run.pipeline.clone(),
+            snapshot_date: run.snapshot_date,
+            command: command.to_owned(),
+            status: run.status.clone(),
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            units_total: count(run.units_total),
+            units_ok: count(run.units_ok),
+            units_failed: count(run.units_failed),
+            // Only known once the run has ended.
+            units_not_run: run.finished_at.map_or(0, |_| {
+                count(run.units_total - run.units_ok - run.units_failed)
+            }),
+            requests: count(run.requests),
+            cost_usd: run.cost_usd,
+            replayed: count(run.replayed),
+            replayed_cost_usd: run.replayed_cost_usd,
+            rows,
+            error: run.error.clone(),
+        }
+    }
+
     /// Whether the run ended (any status but `running`).
     pub fn finished(&self) -> bool {
         self.status != "running"

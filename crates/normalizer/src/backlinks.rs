@@ -30,7 +30,7 @@ use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::columns::PartitionColumns;
+use crate::columns::{PartitionColumns, batch};
 use crate::{Error, Result, RowContext, UnknownFields};
 
 const ENDPOINT: &str = "backlinks";
@@ -619,14 +619,6 @@ impl<'c> PageBuilder<'c> {
         let redirects = batch(ctx, Dataset::BacklinkRedirects, columns)?;
         Ok((backlinks, redirects, self.unknown))
     }
-}
-
-fn batch(ctx: &RowContext<'_>, dataset: Dataset, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-    RecordBatch::try_new(dataset.schema(), columns).map_err(|source| Error::Arrow {
-        target: ctx.key.target.to_string(),
-        dataset: dataset.name(),
-        source,
-    })
 }
 
 /// `"name":value` pairs, comma separated.

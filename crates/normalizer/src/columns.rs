@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Date32Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    ArrayRef, Date32Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+};
+use backlinks_model::Dataset;
 use chrono::NaiveDate;
 
-use crate::RowContext;
+use crate::{Error, Result, RowContext};
 
 /// The `pipeline`, `target`, `snapshot_date`, `fetched_at` columns.
 pub(crate) struct PartitionColumns {
@@ -52,6 +55,19 @@ impl PartitionColumns {
             Arc::new(self.fetched_at.finish()),
         ]
     }
+}
+
+/// The columns as a batch of `dataset`; a mismatch names the target.
+pub(crate) fn batch(
+    ctx: &RowContext<'_>,
+    dataset: Dataset,
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    RecordBatch::try_new(dataset.schema(), columns).map_err(|source| Error::Arrow {
+        target: ctx.key.target.to_string(),
+        dataset: dataset.name(),
+        source,
+    })
 }
 
 /// Arrow's `Date32`: days since 1970-01-01.

@@ -12,7 +12,7 @@ use backlinks_model::schema::SUMMARY_COUNTS;
 use backlinks_model::time::parse_api_datetime;
 use serde_json::{Map, Value};
 
-use crate::columns::PartitionColumns;
+use crate::columns::{PartitionColumns, batch};
 use crate::{Error, Result, RowContext, UnknownFields};
 
 /// The rows of one summary response.
@@ -164,14 +164,6 @@ fn breakdown_batch(ctx: &RowContext<'_>, items: &[SummaryResult]) -> Result<Reco
         Arc::new(links.finish()),
     ];
     batch(ctx, Dataset::SummaryBreakdown, columns)
-}
-
-fn batch(ctx: &RowContext<'_>, dataset: Dataset, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-    RecordBatch::try_new(dataset.schema(), columns).map_err(|source| Error::Arrow {
-        target: ctx.key.target.to_string(),
-        dataset: dataset.name(),
-        source,
-    })
 }
 
 /// The integer scalar of the `summary` column `name`.
