@@ -19,16 +19,8 @@ use serde_json::{Value, json};
 const SNAPSHOT: &str = "2026-02-01";
 
 fn pipeline_file(dir: &Path, targets: &[&str], postgres: bool, backlinks: &str) -> PathBuf {
-    let list = targets
-        .iter()
-        .map(|t| format!("{t:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let text = format!(
-        r#"name = "bl"
-[targets]
-list = [{list}]
-[endpoints.backlinks]
+    let body = format!(
+        r#"[endpoints.backlinks]
 {backlinks}
 [api]
 requests_per_minute = 20000
@@ -41,9 +33,7 @@ dir = "data"
 enabled = {postgres}
 "#
     );
-    let path = dir.join("bl.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_pipeline(&dir.join("bl.toml"), "bl", targets, &body)
 }
 
 /// The `backlinks` record the pipeline must store for the item served at

@@ -35,11 +35,48 @@ pub async fn sandbox(config: SandboxConfig) -> Sandbox {
     .expect("sandbox starts")
 }
 
+/// `DATABASE_URL`, or the local server with trust auth.
+pub fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Writes a pipeline file at `path`: `name = <name>`, `[targets]` with the
+/// inline `targets`, then `body` (endpoints, api, sinks: what differs
+/// between the test files).
+pub fn write_pipeline(path: &Path, name: &str, targets: &[impl AsRef<str>], body: &str) -> PathBuf {
+    let list = targets
+        .iter()
+        .map(|t| format!("{:?}", t.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!("name = {name:?}\n[targets]\nlist = [{list}]\n{body}");
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+/// Every file under `root` (recursively), sorted.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// A fresh database on the server of `DATABASE_URL`, dropped by nobody: the
 /// name is unique per call, and tests leave it for inspection.
 pub async fn scratch_database(tag: &str) -> String {
-    let base = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let base = base_database_url();
     let mut admin = PgConnection::connect(&base)
         .await
         .expect("DATABASE_URL reachable");
@@ -129,21 +166,13 @@ pub fn parquet_records(root: &Path, dataset: &str) -> Vec<Record> {
 
 /// Names of temporary files left anywhere under `root`.
 pub fn leftover_temp_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if !path.to_string_lossy().ends_with(".parquet")
+    files_under(root)
+        .into_iter()
+        .filter(|path| {
+            !path.to_string_lossy().ends_with(".parquet")
                 || path.file_name().unwrap().to_string_lossy().starts_with('.')
-            {
-                out.push(path);
-            }
-        }
-    }
-    out
+        })
+        .collect()
 }
 
 const JSON_COLUMNS: [&str; 4] = ["extra", "rows", "unknown_fields", "settings"];

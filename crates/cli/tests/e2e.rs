@@ -66,16 +66,8 @@ fn pipeline_file(
     postgres: bool,
     extra: &str,
 ) -> std::path::PathBuf {
-    let list = targets
-        .iter()
-        .map(|t| format!("{t:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let text = format!(
-        r#"name = "e2e"
-[targets]
-list = [{list}]
-[endpoints.summary]
+    let body = format!(
+        r#"[endpoints.summary]
 [api]
 requests_per_minute = 6000
 max_in_flight = 8
@@ -88,9 +80,7 @@ enabled = {postgres}
 {extra}
 "#
     );
-    let path = dir.join("e2e.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_pipeline(&dir.join("e2e.toml"), "e2e", targets, &body)
 }
 
 /// The `summary` record the pipeline must store for what was served
@@ -539,17 +529,10 @@ async fn credentials_never_appear_in_logs_or_outputs() {
     assert_ne!(run.code(), 0);
     outputs.push_str(&run.stderr());
 
-    let mut written = Vec::new();
-    let mut stack = vec![dir.path().join("data")];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap().flatten() {
-            if entry.path().is_dir() {
-                stack.push(entry.path());
-            } else {
-                written.extend(std::fs::read(entry.path()).unwrap());
-            }
-        }
-    }
+    let written: Vec<u8> = files_under(&dir.path().join("data"))
+        .iter()
+        .flat_map(|path| std::fs::read(path).unwrap())
+        .collect();
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db)
         .await
         .unwrap();

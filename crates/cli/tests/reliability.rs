@@ -38,19 +38,11 @@ fn pipeline_file(
     endpoints: &str,
     postgres: bool,
 ) -> PathBuf {
-    let list = targets
-        .iter()
-        .map(|t| format!("{t:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     // 16 attempts: with every fault on at 5 % (storms answering 40202 to the
     // next 5 requests too), nearly half of all answers are faults, and they
     // come in runs; 10 attempts ran out about once in twenty runs.
-    let text = format!(
-        r#"name = "rel"
-[targets]
-list = [{list}]
-{endpoints}
+    let body = format!(
+        r#"{endpoints}
 [api]
 requests_per_minute = 30000
 max_in_flight = 8
@@ -62,9 +54,7 @@ dir = "data"
 enabled = {postgres}
 "#
     );
-    let path = dir.join(file);
-    std::fs::write(&path, text).unwrap();
-    path
+    write_pipeline(&dir.join(file), "rel", targets, &body)
 }
 
 fn run_args(pipeline: &Path) -> Vec<String> {
@@ -169,26 +159,15 @@ fn database_name(url: &str) -> String {
         .to_owned()
 }
 
-fn base_database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 /// Every file under `root` with its bytes.
 fn file_bytes(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.insert(path.clone(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
+    files_under(root)
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
 }
 
 fn output_of(run: &Run) -> String {

@@ -46,16 +46,8 @@ fn crash_targets() -> Vec<String> {
 /// Writes `resume.toml` into `dir`: the targets, `endpoints` (a TOML
 /// fragment), Parquet under `data`, Postgres on, state under `state`.
 fn pipeline(dir: &Path, targets: &[String], endpoints: &str, extra: &str) -> PathBuf {
-    let list = targets
-        .iter()
-        .map(|t| format!("{t:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let text = format!(
-        r#"name = "resume"
-[targets]
-list = [{list}]
-{endpoints}
+    let body = format!(
+        r#"{endpoints}
 [api]
 requests_per_minute = 60000
 max_in_flight = {MAX_IN_FLIGHT}
@@ -68,9 +60,7 @@ dir = "data"
 enabled = true
 "#
     );
-    let path = dir.join("resume.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_pipeline(&dir.join("resume.toml"), "resume", targets, &body)
 }
 
 const BOTH: &str = "[endpoints.summary]\n[endpoints.backlinks]\nlimit = 250\n";
