@@ -212,13 +212,20 @@ pub struct RawParquet {
     pub enabled: bool,
     /// Relative to the working directory.
     pub dir: PathBuf,
+    /// Targets written at once: each open partition holds a Parquet writer
+    /// per dataset (tens of MB for `backlinks`), so this bounds memory.
+    pub max_open_partitions: u32,
 }
+
+/// Default of `sinks.parquet.max_open_partitions`.
+pub const DEFAULT_MAX_OPEN_PARTITIONS: u32 = 8;
 
 impl Default for RawParquet {
     fn default() -> Self {
         Self {
             enabled: true,
             dir: "data".into(),
+            max_open_partitions: DEFAULT_MAX_OPEN_PARTITIONS,
         }
     }
 }
@@ -361,6 +368,8 @@ pub struct PipelineSpec {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub parquet_dir: Option<PathBuf>,
+    /// `sinks.parquet.max_open_partitions` when Parquet is enabled.
+    pub parquet_open_partitions: Option<u32>,
     pub postgres: Option<RawPostgres>,
     pub sandbox: Option<RawSandbox>,
     /// The state directory (raw archive, manifests, dead letters).
@@ -560,6 +569,13 @@ impl RawPipeline {
             "sinks: enable `sinks.parquet` or `sinks.postgres` (or both)".into(),
         );
         check(
+            (1..=64).contains(&sinks.parquet.max_open_partitions),
+            format!(
+                "sinks.parquet.max_open_partitions = {} is out of range 1..=64",
+                sinks.parquet.max_open_partitions
+            ),
+        );
+        check(
             (1..=64).contains(&sinks.postgres.max_connections),
             format!(
                 "sinks.postgres.max_connections = {} is out of range 1..=64",
@@ -609,6 +625,10 @@ impl RawPipeline {
                 max_backoff: Duration::from_millis(api.retry.max_backoff_ms),
             },
             parquet_dir: sinks.parquet.enabled.then(|| sinks.parquet.dir.clone()),
+            parquet_open_partitions: sinks
+                .parquet
+                .enabled
+                .then_some(sinks.parquet.max_open_partitions),
             postgres: sinks.postgres.enabled.then(|| sinks.postgres.clone()),
             sandbox: self.sandbox.clone(),
             state_dir: self.state.dir.clone(),
@@ -851,6 +871,28 @@ mod tests {
         assert!(all.contains("endpoints.summary.rank_scale"), "{all}");
         assert!(all.contains("api.max_in_flight = 31"), "{all}");
         assert_eq!(found.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn open_partitions_default_to_eight_and_are_bounded() {
+        let spec = parse(MINIMAL).validate(Path::new(".")).unwrap();
+        assert_eq!(
+            spec.parquet_open_partitions,
+            Some(DEFAULT_MAX_OPEN_PARTITIONS)
+        );
+        let found = problems(&format!(
+            "{MINIMAL}[sinks.parquet]\nmax_open_partitions = 0\n"
+        ));
+        assert_eq!(
+            found,
+            vec!["sinks.parquet.max_open_partitions = 0 is out of range 1..=64".to_owned()]
+        );
+        let off = parse(&format!(
+            "{MINIMAL}[sinks.parquet]\nenabled = false\n[sinks.postgres]\nenabled = true\n"
+        ))
+        .validate(Path::new("."))
+        .unwrap();
+        assert_eq!(off.parquet_open_partitions, None);
     }
 
     #[test]

@@ -20,10 +20,10 @@ use crate::credentials;
 pub struct Sinks {
     pub parquet: Option<Arc<ParquetSink>>,
     pub postgres: Option<Arc<PgSink>>,
-    /// One permit per pooled connection that partitions may hold (all but
-    /// one, which stays free for the ledger). A partition of a paginated
-    /// endpoint keeps its transaction open across pages, so units queue
-    /// here, without a timeout, rather than in the pool.
+    /// How many partitions may be open at once (see [`partition_slots`]).
+    /// A partition of a paginated endpoint stays open across pages, so
+    /// units queue here, without a timeout, rather than in the pool or in
+    /// memory.
     partition_slots: Arc<Semaphore>,
 }
 
@@ -37,9 +37,7 @@ impl Sinks {
             })?)),
             None => None,
         };
-        let slots = spec.postgres.as_ref().map_or(Semaphore::MAX_PERMITS, |pg| {
-            pg.max_connections.saturating_sub(1).max(1) as usize
-        });
+        let slots = partition_slots(spec);
         let postgres = match &spec.postgres {
             Some(settings) => {
                 let url = credentials::database_url()?;
@@ -70,21 +68,19 @@ impl Sinks {
         key: &PartitionKey,
         datasets: &[Dataset],
     ) -> anyhow::Result<PartitionWriter<'_>> {
+        let slot = self
+            .partition_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .context("the sinks are closed")?;
         let parquet = match &self.parquet {
             Some(sink) => Some(tokio::task::block_in_place(|| sink.begin(key, datasets))?),
             None => None,
         };
-        let (postgres, slot) = match &self.postgres {
-            Some(pg) => {
-                let slot = self
-                    .partition_slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .context("the sinks are closed")?;
-                (Some(pg.begin(key, datasets).await?), Some(slot))
-            }
-            None => (None, None),
+        let postgres = match &self.postgres {
+            Some(pg) => Some(pg.begin(key, datasets).await?),
+            None => None,
         };
         Ok(PartitionWriter {
             parquet,
@@ -131,12 +127,27 @@ impl Sinks {
     }
 }
 
+/// How many partitions may be open at once: at most
+/// `sinks.parquet.max_open_partitions` (each holds Parquet writers that
+/// buffer a row group), and one per pooled Postgres connection but one
+/// (which stays free for the ledger).
+fn partition_slots(spec: &PipelineSpec) -> usize {
+    let parquet = spec.parquet_open_partitions.unwrap_or(u32::MAX);
+    let postgres = spec
+        .postgres
+        .as_ref()
+        .map_or(u32::MAX, |pg| pg.max_connections.saturating_sub(1).max(1));
+    usize::try_from(parquet.min(postgres).max(1))
+        .unwrap_or(Semaphore::MAX_PERMITS)
+        .min(Semaphore::MAX_PERMITS)
+}
+
 /// One partition being replaced in every enabled sink: Parquet files
 /// staged under temporary names, a Postgres transaction.
 pub struct PartitionWriter<'a> {
     parquet: Option<StagedPartition>,
     postgres: Option<PgPartition<'a>>,
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl PartitionWriter<'_> {
@@ -244,5 +255,50 @@ impl Ledger {
     pub async fn finish(self) -> anyhow::Result<u64> {
         drop(self.tx);
         self.task.await.context("the ledger task panicked")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn spec(sinks: &str) -> PipelineSpec {
+        let text = format!(
+            "name = \"p\"\n[targets]\nlist = [\"example.com\"]\n[endpoints.summary]\n{sinks}"
+        );
+        toml::from_str::<crate::config::RawPipeline>(&text)
+            .expect("valid toml")
+            .validate(Path::new("."))
+            .expect("valid pipeline")
+    }
+
+    #[test]
+    fn open_partitions_are_bounded_by_both_sinks() {
+        assert_eq!(partition_slots(&spec("")), 8);
+        assert_eq!(
+            partition_slots(&spec("[sinks.parquet]\nmax_open_partitions = 3\n")),
+            3
+        );
+        // One connection stays free for the ledger.
+        assert_eq!(
+            partition_slots(&spec(
+                "[sinks.postgres]\nenabled = true\nmax_connections = 4\n"
+            )),
+            3
+        );
+        assert_eq!(
+            partition_slots(&spec(
+                "[sinks.parquet]\nenabled = false\n[sinks.postgres]\nenabled = true\nmax_connections = 20\n"
+            )),
+            19
+        );
+        assert_eq!(
+            partition_slots(&spec(
+                "[sinks.postgres]\nenabled = true\nmax_connections = 1\n"
+            )),
+            1
+        );
     }
 }

@@ -5,11 +5,13 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
 use backlinks_model::Dataset;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::{Error, Result};
 
@@ -17,7 +19,11 @@ use crate::{Error, Result};
 pub(crate) const MAX_ROW_GROUP_ROWS: usize = 65_536;
 
 /// Buffered bytes after which the row group in progress is flushed early.
-pub(crate) const FLUSH_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes of a data page, and of a dictionary before a column falls back to
+/// plain encoding.
+const PAGE_BYTES: usize = 256 * 1024;
 
 /// The zstd level of every file.
 const ZSTD_LEVEL: i32 = 3;
@@ -208,20 +214,47 @@ impl Drop for PendingFile {
     }
 }
 
-/// Writer properties of every file: zstd, dictionaries, statistics, bounded
-/// row groups, and the dataset's name in the key/value metadata.
+/// Writer properties of every file: dictionaries, statistics, bounded pages
+/// and row groups, and the dataset's name in the key/value metadata.
+///
+/// Text columns (URLs, titles, anchors, the text around links: almost all
+/// of a file's bytes) are compressed with zstd; the other columns, already
+/// small after dictionary and run-length encoding, with LZ4. The parquet
+/// crate keeps a zstd compression and decompression context for every
+/// column of an open file (about 0.5 MB per column), and a run holds one
+/// file per target in flight, so zstd on the ~50 numeric, boolean and date
+/// columns cost far more memory than the bytes it saved.
 fn properties(dataset: Dataset) -> parquet::errors::Result<WriterProperties> {
     let level = ZstdLevel::try_new(ZSTD_LEVEL)?;
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_dictionary_enabled(true)
+        .set_dictionary_page_size_limit(PAGE_BYTES)
+        .set_data_page_size_limit(PAGE_BYTES)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
         .set_key_value_metadata(Some(vec![KeyValue::new(
             DATASET_METADATA_KEY.to_owned(),
             dataset.name().to_owned(),
-        )]))
-        .build())
+        )]));
+    for field in dataset.schema().fields() {
+        if !holds_text(field.data_type()) {
+            builder = builder.set_column_compression(
+                ColumnPath::from(field.name().as_str()),
+                Compression::LZ4_RAW,
+            );
+        }
+    }
+    Ok(builder.build())
+}
+
+/// Whether a column's values are text (or lists of text).
+fn holds_text(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::List(item) | DataType::LargeList(item) => holds_text(item.data_type()),
+        _ => false,
+    }
 }
 
 /// `batch` with the dataset's schema, or an error naming the dataset and the
