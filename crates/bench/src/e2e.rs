@@ -1,4 +1,5 @@
-//! End to end: the real `backlinks` binary on one target of N items, with
+//! End to end: the real `backlinks` binary on one target of N items (and
+//! on many targets at once, which is what memory grows with), with
 //! its embedded sandbox at zero latency and no cap, into Parquet and
 //! Postgres, timed from start to exit, with its peak resident memory
 //! (`VmHWM` of `/proc/<pid>/status`, polled while it runs).
@@ -29,8 +30,8 @@ pub fn binary() -> Option<PathBuf> {
 /// One run of the binary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct E2eRun {
-    /// Items of the target (`items<N>.example.com`).
-    pub items: u64,
+    /// The targets and their items.
+    pub load: Load,
     pub postgres: bool,
     /// Exit code of the binary (0: every unit landed).
     pub exit_code: i32,
@@ -49,15 +50,42 @@ impl E2eRun {
     }
 }
 
-/// The pipeline file of a run of `items` items.
-fn pipeline(items: u64, postgres: bool) -> String {
+/// What one run loads: `targets` targets of about `items` backlinks each
+/// (`items<N>.example.com` with N = items, items + 1, …: the sandbox serves
+/// exactly N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub targets: u64,
+    pub items: u64,
+}
+
+impl Load {
+    fn target_list(self) -> String {
+        (0..self.targets)
+            .map(|i| format!("\"items{}.example.com\"", self.items + i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn describe(self) -> String {
+        match self.targets {
+            1 => thousands(self.items as f64),
+            n => format!("{n} × {}", thousands(self.items as f64)),
+        }
+    }
+}
+
+/// The pipeline file of a run.
+fn pipeline(load: Load, postgres: bool) -> String {
+    let Load { targets, items } = load;
+    let list = load.target_list();
     format!(
-        r#"# Written by backlinks-bench: one target of {items} backlinks, embedded sandbox
-# without latency or cap, every page into the sinks.
+        r#"# Written by backlinks-bench: {targets} target(s) of about {items} backlinks,
+# embedded sandbox without latency or cap, every page into the sinks.
 name = "bench-e2e"
 
 [targets]
-list = ["items{items}.example.com"]
+list = [{list}]
 
 [endpoints.backlinks]
 mode = "as_is"
@@ -123,11 +151,11 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
 }
 
 /// Runs the binary once in a fresh directory (blocking).
-pub fn run(binary: &Path, items: u64, database: Option<&Scratch>) -> Result<E2eRun> {
+pub fn run(binary: &Path, load: Load, database: Option<&Scratch>) -> Result<E2eRun> {
     let dir =
         tempfile::tempdir().map_err(io("creating a temporary directory", &std::env::temp_dir()))?;
     let file = dir.path().join("bench-e2e.toml");
-    std::fs::write(&file, pipeline(items, database.is_some())).map_err(io("writing", &file))?;
+    std::fs::write(&file, pipeline(load, database.is_some())).map_err(io("writing", &file))?;
     let out_path = dir.path().join("output.txt");
     let out = File::create(&out_path).map_err(io("creating", &out_path))?;
     let err = out.try_clone().map_err(io("opening", &out_path))?;
@@ -173,13 +201,14 @@ pub fn run(binary: &Path, items: u64, database: Option<&Scratch>) -> Result<E2eR
         return Err(Error::Child {
             program: binary.display().to_string(),
             message: format!(
-                "run of items{items}.example.com exited with {exit_code}:\n{}",
+                "run of {} items exited with {exit_code}:\n{}",
+                load.describe(),
                 tail.join("\n")
             ),
         });
     }
     Ok(E2eRun {
-        items,
+        load,
         postgres: database.is_some(),
         exit_code,
         seconds,
@@ -188,11 +217,27 @@ pub fn run(binary: &Path, items: u64, database: Option<&Scratch>) -> Result<E2eR
     })
 }
 
-/// The sizes of a run.
-pub fn sizes(size: Size) -> Vec<u64> {
+/// The loads of a run: one target of growing size (the memory goal is on
+/// these), then many targets at once.
+pub fn loads(size: Size) -> Vec<Load> {
+    let one = |items| Load { targets: 1, items };
     match size {
-        Size::Quick => vec![10_000],
-        Size::Full => vec![100_000, 1_000_000, 10_000_000],
+        Size::Quick => vec![
+            one(10_000),
+            Load {
+                targets: 4,
+                items: 2_000,
+            },
+        ],
+        Size::Full => vec![
+            one(100_000),
+            one(1_000_000),
+            one(10_000_000),
+            Load {
+                targets: 60,
+                items: 30_000,
+            },
+        ],
     }
 }
 
@@ -214,7 +259,7 @@ pub async fn section(size: Size) -> Result<Section> {
     };
     let mut runs = Vec::new();
     let mut pg_note = None;
-    for items in sizes(size) {
+    for load in loads(size) {
         let scratch = match Scratch::create().await {
             Ok(s) => Some(s),
             Err(why) => {
@@ -224,7 +269,7 @@ pub async fn section(size: Size) -> Result<Section> {
         };
         eprintln!(
             "e2e: {} items into Parquet{} ...",
-            thousands(items as f64),
+            load.describe(),
             if scratch.is_some() {
                 " and Postgres"
             } else {
@@ -233,7 +278,7 @@ pub async fn section(size: Size) -> Result<Section> {
         );
         let bin = binary.clone();
         let handle = tokio::task::spawn_blocking(move || {
-            let r = run(&bin, items, scratch.as_ref());
+            let r = run(&bin, load, scratch.as_ref());
             (r, scratch)
         });
         let (result, scratch) = handle.await.map_err(|e| Error::Child {
@@ -271,12 +316,16 @@ fn skipped_goal() -> Goal {
 fn render(command: String, runs: &[E2eRun], pg_note: Option<&str>) -> Section {
     let mut body = String::from(
         "The real `backlinks` binary (`backlinks run`) on a pipeline with one target \
-         `items<N>.example.com` (the sandbox serves exactly N backlinks), pages of 1000 \
+         `items<N>.example.com` (the sandbox serves exactly N backlinks), then with many \
+         such targets of N, N + 1, … items (`targets × N`), pages of 1000 \
          (by offset to 20,000, then by `search_after_token`, so one page at a time), the \
          embedded sandbox with no latency and no cap, `api.requests_per_minute` 1,000,000, \
          into Parquet and Postgres (a scratch database, dropped afterwards). The sandbox \
          generates every page's JSON on the same cores. Time is from start to exit \
-         (migrations included); peak RSS is the child's `VmHWM`.\n\n\
+         (migrations included); peak RSS is the child's `VmHWM`. The memory goal is on the \
+         single-target runs; with many targets, memory grows with the targets written at \
+         once (`sinks.parquet.max_open_partitions`, default 8; with Postgres at most \
+         `sinks.postgres.max_connections` − 1, default 9).\n\n\
          | items | sinks | wall time | backlinks rows/s | redirect rows | peak RSS |\n\
          |---|---|---|---|---|---|\n",
     );
@@ -284,7 +333,7 @@ fn render(command: String, runs: &[E2eRun], pg_note: Option<&str>) -> Section {
         let _ = writeln!(
             body,
             "| {} | {} | {:.1} s | {} | {} | {} |",
-            thousands(r.items as f64),
+            r.load.describe(),
             if r.postgres {
                 "Parquet + Postgres"
             } else {
@@ -300,7 +349,11 @@ fn render(command: String, runs: &[E2eRun], pg_note: Option<&str>) -> Section {
         let _ = writeln!(body, "\nPostgres was left out: {why}.");
     }
     let mut section = Section::new("End to end and peak memory", command, body);
-    let peaks: Vec<u64> = runs.iter().filter_map(|r| r.peak_rss).collect();
+    let peaks: Vec<u64> = runs
+        .iter()
+        .filter(|r| r.load.targets == 1)
+        .filter_map(|r| r.peak_rss)
+        .collect();
     match peaks.iter().max() {
         Some(&max) => {
             let min = peaks.iter().copied().min().unwrap_or(max);
@@ -339,10 +392,23 @@ mod tests {
 
     #[test]
     fn the_pipeline_names_the_target_and_switches_postgres() {
-        let p = pipeline(100_000, true);
+        let one = Load {
+            targets: 1,
+            items: 100_000,
+        };
+        let p = pipeline(one, true);
         assert!(p.contains("list = [\"items100000.example.com\"]"));
         assert!(p.contains("enabled = true"));
         assert!(p.contains("latency_ms = 0"));
-        assert!(!pipeline(10, false).contains("enabled = true"));
+        let three = Load {
+            targets: 3,
+            items: 10,
+        };
+        let p = pipeline(three, false);
+        assert!(!p.contains("enabled = true"));
+        assert!(p.contains(
+            "list = [\"items10.example.com\", \"items11.example.com\", \"items12.example.com\"]"
+        ));
+        assert_eq!(three.describe(), "3 × 10");
     }
 }
