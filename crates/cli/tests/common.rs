@@ -73,13 +73,20 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A fresh database on the server of `DATABASE_URL`, dropped by nobody: the
-/// name is unique per call, and tests leave it for inspection.
+/// Scratch databases older than this are dropped when a test creates one.
+const SCRATCH_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// A fresh database on the server of `DATABASE_URL`. The name is unique per
+/// call, and tests leave it for inspection after a failure; those of
+/// earlier test runs (older than [`SCRATCH_KEPT_FOR`], by the time in their
+/// UUIDv7) are dropped here, so a machine that runs the tests every day
+/// does not fill up with them.
 pub async fn scratch_database(tag: &str) -> String {
     let base = base_database_url();
     let mut admin = PgConnection::connect(&base)
         .await
         .expect("DATABASE_URL reachable");
+    drop_stale_scratch_databases(&mut admin).await;
     // The whole UUID: its first half is mostly the time, and two tests
     // with the same tag can start in the same millisecond. Tags stay short
     // enough for Postgres' 63-byte names.
@@ -92,6 +99,36 @@ pub async fn scratch_database(tag: &str) -> String {
     let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
     url.set_path(&name);
     url.to_string()
+}
+
+/// Drops the scratch databases of earlier test runs; errors (another test
+/// dropping the same one, a connection still open) are left for next time.
+async fn drop_stale_scratch_databases(admin: &mut PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'backlinks\\_e2e\\_%'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    for name in names {
+        let created = name
+            .rsplit('_')
+            .next()
+            .and_then(|id| uuid::Uuid::try_parse(id).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                std::time::Duration::new(secs, nanos)
+            });
+        if created.is_some_and(|at| now.saturating_sub(at) > SCRATCH_KEPT_FOR) {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut *admin)
+                .await;
+        }
+    }
 }
 
 pub struct Run {
