@@ -217,6 +217,12 @@ impl Drop for PendingFile {
 /// Writer properties of every file: dictionaries, statistics, bounded pages
 /// and row groups, and the dataset's name in the key/value metadata.
 ///
+/// Statistics are kept per page (the page index, which lets readers skip
+/// pages) for the other columns, but only per row group for text columns:
+/// the writer holds every page's entry until the file is closed, text
+/// entries are the large ones, and the min and max of a page of nearly
+/// unique URLs or snippets prune nothing.
+///
 /// Text columns (URLs, titles, anchors, the text around links: almost all
 /// of a file's bytes) are compressed with zstd; the other columns, already
 /// small after dictionary and run-length encoding, with LZ4. The parquet
@@ -238,12 +244,12 @@ fn properties(dataset: Dataset) -> parquet::errors::Result<WriterProperties> {
             dataset.name().to_owned(),
         )]));
     for field in dataset.schema().fields() {
-        if !holds_text(field.data_type()) {
-            builder = builder.set_column_compression(
-                ColumnPath::from(field.name().as_str()),
-                Compression::LZ4_RAW,
-            );
-        }
+        let column = ColumnPath::from(field.name().as_str());
+        builder = if holds_text(field.data_type()) {
+            builder.set_column_statistics_enabled(column, EnabledStatistics::Chunk)
+        } else {
+            builder.set_column_compression(column, Compression::LZ4_RAW)
+        };
     }
     Ok(builder.build())
 }
