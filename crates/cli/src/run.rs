@@ -1,6 +1,6 @@
 //! `backlinks run`, `backlinks replay` and `backlinks validate`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +141,9 @@ struct RunContext {
     pricing: RawPricing,
     fetcher: Fetcher,
     sinks: Sinks,
+    /// Pages of one backlinks target requested ahead of the one being
+    /// landed (see [`PagesAhead`]).
+    pages_ahead: usize,
 }
 
 /// What became of one unit.
@@ -495,6 +498,7 @@ pub async fn execute(args: RunArgs, mode: Mode) -> anyhow::Result<u8> {
         pricing: spec.pricing.clone(),
         fetcher,
         sinks: sinks.clone(),
+        pages_ahead: pages_ahead(&spec),
     });
     let ledger = Ledger::start(
         sinks.clone(),
@@ -819,14 +823,136 @@ fn page_start(
     }
 }
 
+/// Most pages of one target requested ahead of the one being landed.
+const MAX_PAGES_AHEAD: usize = 8;
+
+/// Pages requested ahead per target: enough for the targets that may be
+/// open at once (`sinks.parquet.max_open_partitions`, Postgres connections)
+/// to keep `api.max_in_flight` requests busy.
+fn pages_ahead(spec: &PipelineSpec) -> usize {
+    let open = crate::sinks::partition_slots(spec).max(1);
+    (spec.max_in_flight as usize)
+        .div_ceil(open)
+        .min(MAX_PAGES_AHEAD)
+}
+
+/// Requests for the next pages of one target, sent while the current page
+/// is normalized and landed. Only pages addressed by offset are requested
+/// ahead (their offsets are known once the first page gave `total_count`);
+/// pages past [`MAX_OFFSET`] need the token of the page before. Each
+/// request is exactly the one the page loop would send (same `offset` and
+/// `limit`), so archived answers and resume see no difference.
+struct PagesAhead {
+    depth: usize,
+    queue: VecDeque<PageAhead>,
+}
+
+struct PageAhead {
+    page: i64,
+    offset: u64,
+    handle: tokio::task::JoinHandle<backlinks_fetcher::Exchange>,
+}
+
+impl PagesAhead {
+    fn new(depth: usize) -> Self {
+        Self {
+            depth,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The request for `page` at `offset`, if it was sent ahead.
+    fn take(&mut self, page: i64, offset: u64) -> Option<PageAhead> {
+        let front = self.queue.front()?;
+        (front.page == page && front.offset == offset).then(|| self.queue.pop_front())?
+    }
+
+    /// Sends requests for the pages after `page` (which ended at item
+    /// `position`) up to the depth, within the offset range and the
+    /// target's `end` (its `total_count`, or `max_items` if smaller).
+    fn fill(
+        &mut self,
+        ctx: &Arc<RunContext>,
+        spec: &BacklinksSpec,
+        key: &PartitionKey,
+        page: i64,
+        position: u64,
+        end: u64,
+    ) {
+        let page_size = u64::from(spec.page_size);
+        let (mut next, mut offset) = match self.queue.back() {
+            Some(last) => (last.page + 1, last.offset + page_size),
+            None => (page + 1, position),
+        };
+        while self.queue.len() < self.depth && offset <= MAX_OFFSET && offset < end {
+            let want = match spec.max_items {
+                Some(cap) => page_size.min(cap.saturating_sub(offset)),
+                None => page_size,
+            };
+            let request = BacklinksRequest {
+                target: key.target.to_string(),
+                offset: Some(u32::try_from(offset).unwrap_or(u32::MAX)),
+                limit: Some(u32::try_from(want).unwrap_or(spec.page_size)),
+                search_after_token: None,
+                ..spec.template.clone()
+            };
+            let estimate = ctx.pricing.backlinks.estimate(want);
+            let ctx = Arc::clone(ctx);
+            let handle = tokio::spawn(async move {
+                let target = request.target.clone();
+                ctx.fetcher
+                    .post_with_estimate(Endpoint::Backlinks, &target, next, &request, estimate)
+                    .await
+            });
+            self.queue.push_back(PageAhead {
+                page: next,
+                offset,
+                handle,
+            });
+            next += 1;
+            offset += page_size;
+        }
+    }
+
+    /// Waits for the requests still out (they are paid, and their answers
+    /// go to the archive) and hands back their ledger records.
+    async fn drain(&mut self) -> Vec<backlinks_model::RequestRecord> {
+        let mut records = Vec::new();
+        while let Some(ahead) = self.queue.pop_front() {
+            if let Ok(exchange) = ahead.handle.await {
+                records.push(exchange.record);
+            }
+        }
+        records
+    }
+}
+
 /// backlinks/live: every page of one target into one partition, streamed.
 /// The pages land together on commit; a page that fails permanently
 /// abandons the partition and the previous data of the target stays.
 async fn backlinks_unit(
-    ctx: &RunContext,
+    ctx: &Arc<RunContext>,
     spec: &BacklinksSpec,
     key: &PartitionKey,
     outcome: &mut UnitOutcome,
+) -> anyhow::Result<UnitStatus> {
+    let mut ahead = PagesAhead::new(ctx.pages_ahead);
+    let status = backlinks_pages(ctx, spec, key, outcome, &mut ahead).await;
+    // Pages requested ahead but not used (the target ended early, failed or
+    // the run stops) were paid for: keep their ledger records.
+    for record in ahead.drain().await {
+        keep_record(outcome, record);
+    }
+    status
+}
+
+/// The page loop of [`backlinks_unit`].
+async fn backlinks_pages(
+    ctx: &Arc<RunContext>,
+    spec: &BacklinksSpec,
+    key: &PartitionKey,
+    outcome: &mut UnitOutcome,
+    ahead: &mut PagesAhead,
 ) -> anyhow::Result<UnitStatus> {
     let datasets = [Dataset::Backlinks, Dataset::BacklinkRedirects];
     let mut writer = ctx.sinks.begin(key, &datasets).await?;
@@ -846,23 +972,34 @@ async fn backlinks_unit(
             Ok(start) => start,
             Err(problem) => return Ok(UnitStatus::Failed(problem)),
         };
-        let request = BacklinksRequest {
-            target: key.target.to_string(),
-            offset: Some(offset),
-            limit: Some(u32::try_from(want).unwrap_or(spec.page_size)),
-            search_after_token,
-            ..spec.template.clone()
+        let exchange = match ahead.take(page, u64::from(offset)) {
+            Some(sent) => match sent.handle.await {
+                Ok(exchange) => exchange,
+                Err(e) => {
+                    return Ok(UnitStatus::Failed(format!(
+                        "page {page} (item {position}): the request task ended: {e}"
+                    )));
+                }
+            },
+            None => {
+                let request = BacklinksRequest {
+                    target: key.target.to_string(),
+                    offset: Some(offset),
+                    limit: Some(u32::try_from(want).unwrap_or(spec.page_size)),
+                    search_after_token,
+                    ..spec.template.clone()
+                };
+                ctx.fetcher
+                    .post_with_estimate(
+                        Endpoint::Backlinks,
+                        key.target.as_str(),
+                        page,
+                        &request,
+                        ctx.pricing.backlinks.estimate(want),
+                    )
+                    .await
+            }
         };
-        let exchange = ctx
-            .fetcher
-            .post_with_estimate(
-                Endpoint::Backlinks,
-                key.target.as_str(),
-                page,
-                &request,
-                ctx.pricing.backlinks.estimate(want),
-            )
-            .await;
         keep_record(outcome, exchange.record);
         let fetched = match exchange.result {
             Err(
@@ -905,6 +1042,10 @@ async fn backlinks_unit(
         let all_there = expected.is_some_and(|total| position >= total);
         if got == 0 || short_page || all_there {
             break;
+        }
+        if let Some(total) = expected {
+            let end = spec.max_items.map_or(total, |cap| cap.min(total));
+            ahead.fill(ctx, spec, key, page, position, end);
         }
     }
     writer.commit().await?;

@@ -131,7 +131,7 @@ impl Sinks {
 /// `sinks.parquet.max_open_partitions` (each holds Parquet writers that
 /// buffer a row group), and one per pooled Postgres connection but one
 /// (which stays free for the ledger).
-fn partition_slots(spec: &PipelineSpec) -> usize {
+pub(crate) fn partition_slots(spec: &PipelineSpec) -> usize {
     let parquet = spec.parquet_open_partitions.unwrap_or(u32::MAX);
     let postgres = spec
         .postgres
