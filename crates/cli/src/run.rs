@@ -836,6 +836,24 @@ fn pages_ahead(spec: &PipelineSpec) -> usize {
         .min(MAX_PAGES_AHEAD)
 }
 
+/// Items to ask for in the page starting at item `position`: a page, or
+/// what is left under `max_items`.
+fn page_limit(spec: &BacklinksSpec, position: u64) -> u64 {
+    let page = u64::from(spec.page_size);
+    spec.max_items
+        .map_or(page, |cap| page.min(cap.saturating_sub(position)))
+}
+
+/// Up to `room` pages `(page, offset)` from `first` on, a page apart, that
+/// are addressed by offset (≤ [`MAX_OFFSET`]) and start before `end`.
+fn offset_pages(first: (i64, u64), room: usize, page_size: u64, end: u64) -> Vec<(i64, u64)> {
+    let (page, offset) = first;
+    (0..room)
+        .map(|i| (page + i as i64, offset + i as u64 * page_size))
+        .take_while(|&(_, offset)| offset <= MAX_OFFSET && offset < end)
+        .collect()
+}
+
 /// Requests for the next pages of one target, sent while the current page
 /// is normalized and landed. Only pages addressed by offset are requested
 /// ahead (their offsets are known once the first page gave `total_count`);
@@ -880,15 +898,13 @@ impl PagesAhead {
         end: u64,
     ) {
         let page_size = u64::from(spec.page_size);
-        let (mut next, mut offset) = match self.queue.back() {
+        let first = match self.queue.back() {
             Some(last) => (last.page + 1, last.offset + page_size),
             None => (page + 1, position),
         };
-        while self.queue.len() < self.depth && offset <= MAX_OFFSET && offset < end {
-            let want = match spec.max_items {
-                Some(cap) => page_size.min(cap.saturating_sub(offset)),
-                None => page_size,
-            };
+        let room = self.depth.saturating_sub(self.queue.len());
+        for (next, offset) in offset_pages(first, room, page_size, end) {
+            let want = page_limit(spec, offset);
             let request = BacklinksRequest {
                 target: key.target.to_string(),
                 offset: Some(u32::try_from(offset).unwrap_or(u32::MAX)),
@@ -909,8 +925,6 @@ impl PagesAhead {
                 offset,
                 handle,
             });
-            next += 1;
-            offset += page_size;
         }
     }
 
@@ -961,10 +975,7 @@ async fn backlinks_pages(
     let mut expected: Option<u64> = None;
     let mut counts = [0u64; 2];
     for page in 0i64.. {
-        let want = match spec.max_items {
-            Some(cap) => u64::from(spec.page_size).min(cap.saturating_sub(position)),
-            None => u64::from(spec.page_size),
-        };
+        let want = page_limit(spec, position);
         if want == 0 {
             break;
         }
@@ -1136,5 +1147,45 @@ mod tests {
         let err = page_start(21_000, None).unwrap_err();
         assert!(err.contains("no search_after_token at item 21000"), "{err}");
         assert!(page_start(21_000, Some("")).is_err());
+    }
+
+    #[test]
+    fn pages_ahead_stay_within_the_offset_range_and_the_target() {
+        // After page 0 of a target of 5,500 items: pages 1 to 4, then room
+        // runs out.
+        assert_eq!(
+            offset_pages((1, 1000), 4, 1000, 5500),
+            vec![(1, 1000), (2, 2000), (3, 3000), (4, 4000)]
+        );
+        // The last page starts before the end; none starts at or past it.
+        assert_eq!(
+            offset_pages((4, 4000), 4, 1000, 5500),
+            vec![(4, 4000), (5, 5000)]
+        );
+        assert_eq!(offset_pages((5, 5000), 4, 1000, 5000), vec![]);
+        // 20,000 is the last offset; the page after needs a token.
+        assert_eq!(
+            offset_pages((19, 19_000), 4, 1000, 1_000_000),
+            vec![(19, 19_000), (20, 20_000)]
+        );
+        assert_eq!(offset_pages((1, 1000), 0, 1000, 1_000_000), vec![]);
+        // Other page sizes.
+        assert_eq!(
+            offset_pages((1, 300), 3, 300, 800),
+            vec![(1, 300), (2, 600)]
+        );
+    }
+
+    #[test]
+    fn a_page_asks_for_what_is_left_under_max_items() {
+        let spec = |max_items| BacklinksSpec {
+            template: BacklinksRequest::default(),
+            page_size: 1000,
+            max_items,
+        };
+        assert_eq!(page_limit(&spec(None), 5000), 1000);
+        assert_eq!(page_limit(&spec(Some(2500)), 2000), 500);
+        assert_eq!(page_limit(&spec(Some(2500)), 2500), 0);
+        assert_eq!(page_limit(&spec(Some(2500)), 3000), 0);
     }
 }
