@@ -830,7 +830,8 @@ const MAX_PAGES_AHEAD: usize = 8;
 /// open at once (`sinks.parquet.max_open_partitions`, Postgres connections)
 /// to keep `api.max_in_flight` requests busy.
 fn pages_ahead(spec: &PipelineSpec) -> usize {
-    let open = crate::sinks::partition_slots(spec).max(1);
+    // At least one slot: the division is safe.
+    let open = crate::sinks::partition_slots(spec);
     (spec.max_in_flight as usize)
         .div_ceil(open)
         .min(MAX_PAGES_AHEAD)
@@ -842,6 +843,43 @@ fn page_limit(spec: &BacklinksSpec, position: u64) -> u64 {
     let page = u64::from(spec.page_size);
     spec.max_items
         .map_or(page, |cap| page.min(cap.saturating_sub(position)))
+}
+
+/// The request of the page of `want` items at `offset`, or right after
+/// `search_after_token`.
+fn page_request(
+    spec: &BacklinksSpec,
+    key: &PartitionKey,
+    offset: u32,
+    want: u64,
+    search_after_token: Option<String>,
+) -> BacklinksRequest {
+    BacklinksRequest {
+        target: key.target.to_string(),
+        offset: Some(offset),
+        limit: Some(u32::try_from(want).unwrap_or(spec.page_size)),
+        search_after_token,
+        ..spec.template.clone()
+    }
+}
+
+/// Sends the request of page `page` (of `want` items) of a target.
+async fn post_page(
+    ctx: &RunContext,
+    page: i64,
+    request: &BacklinksRequest,
+    want: u64,
+) -> backlinks_fetcher::Exchange {
+    let estimate = ctx.pricing.backlinks.estimate(want);
+    ctx.fetcher
+        .post_with_estimate(
+            Endpoint::Backlinks,
+            &request.target,
+            page,
+            request,
+            estimate,
+        )
+        .await
 }
 
 /// Up to `room` pages `(page, offset)` from `first` on, a page apart, that
@@ -905,21 +943,11 @@ impl PagesAhead {
         let room = self.depth.saturating_sub(self.queue.len());
         for (next, offset) in offset_pages(first, room, page_size, end) {
             let want = page_limit(spec, offset);
-            let request = BacklinksRequest {
-                target: key.target.to_string(),
-                offset: Some(u32::try_from(offset).unwrap_or(u32::MAX)),
-                limit: Some(u32::try_from(want).unwrap_or(spec.page_size)),
-                search_after_token: None,
-                ..spec.template.clone()
-            };
-            let estimate = ctx.pricing.backlinks.estimate(want);
+            // Offsets here are at most MAX_OFFSET.
+            let at = u32::try_from(offset).unwrap_or(u32::MAX);
+            let request = page_request(spec, key, at, want, None);
             let ctx = Arc::clone(ctx);
-            let handle = tokio::spawn(async move {
-                let target = request.target.clone();
-                ctx.fetcher
-                    .post_with_estimate(Endpoint::Backlinks, &target, next, &request, estimate)
-                    .await
-            });
+            let handle = tokio::spawn(async move { post_page(&ctx, next, &request, want).await });
             self.queue.push_back(PageAhead {
                 page: next,
                 offset,
@@ -993,22 +1021,8 @@ async fn backlinks_pages(
                 }
             },
             None => {
-                let request = BacklinksRequest {
-                    target: key.target.to_string(),
-                    offset: Some(offset),
-                    limit: Some(u32::try_from(want).unwrap_or(spec.page_size)),
-                    search_after_token,
-                    ..spec.template.clone()
-                };
-                ctx.fetcher
-                    .post_with_estimate(
-                        Endpoint::Backlinks,
-                        key.target.as_str(),
-                        page,
-                        &request,
-                        ctx.pricing.backlinks.estimate(want),
-                    )
-                    .await
+                let request = page_request(spec, key, offset, want, search_after_token);
+                post_page(ctx, page, &request, want).await
             }
         };
         keep_record(outcome, exchange.record);
