@@ -198,6 +198,25 @@ pub const BACKLINK_ITEM_FIELDS: [(&str, ItemType); 44] = {
     ]
 };
 
+/// Columns of near-unique free text (URLs, titles, anchors, the text
+/// around links, JSON of unknown fields), in any dataset. Columnar writers
+/// give them no dictionary and no min/max statistics: almost every value
+/// differs from the others, so a dictionary is built only to be abandoned,
+/// and the minimum and maximum of unsorted URLs or snippets prune nothing.
+pub const FREE_TEXT_COLUMNS: [&str; 11] = [
+    "url_from",
+    "url_to",
+    "page_from_title",
+    "alt",
+    "image_url",
+    "anchor",
+    "text_pre",
+    "text_post",
+    "url_to_redirect_target",
+    "url",
+    "extra",
+];
+
 /// The item's `ranked_keywords_info` object: its key, and its counts, which
 /// `backlinks` stores as Int64 columns of the same names.
 pub const BACKLINK_RANKED_KEYWORDS: (&str, [&str; 3]) = (
@@ -372,6 +391,25 @@ mod tests {
             "extra",
         ] {
             assert!(names.contains(&name), "{name}");
+        }
+    }
+
+    #[test]
+    fn free_text_columns_are_text_columns_of_some_dataset() {
+        for name in FREE_TEXT_COLUMNS {
+            let types: Vec<DataType> = Dataset::ALL
+                .iter()
+                .filter_map(|d| {
+                    let schema = d.schema();
+                    let field = schema.field_with_name(name).ok()?;
+                    Some(field.data_type().clone())
+                })
+                .collect();
+            assert!(!types.is_empty(), "{name} is in no dataset");
+            assert!(
+                types.iter().all(|t| *t == DataType::Utf8),
+                "{name}: {types:?}"
+            );
         }
     }
 

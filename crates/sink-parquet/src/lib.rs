@@ -479,6 +479,56 @@ mod tests {
     }
 
     #[test]
+    fn free_text_columns_get_no_dictionary_and_no_statistics() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(root.path()).unwrap();
+        // Few distinct values: a dictionary would be used if it were on.
+        let n = 300;
+        let repeated = |prefix: &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("{prefix}{}", i % 3)),
+            ))
+        };
+        let rows = batch(
+            Dataset::Backlinks,
+            n,
+            &[
+                ("url_from", repeated("https://a.example/page-")),
+                ("text_pre", repeated("read more about ")),
+                ("domain_from", repeated("a.example")),
+            ],
+        );
+        let mut staged = sink
+            .begin(&key("example.com"), &[Dataset::Backlinks])
+            .unwrap();
+        staged.write(Dataset::Backlinks, &rows).unwrap();
+        staged.commit().unwrap();
+
+        let (read_back, metadata) = read(&partition_path(
+            root.path(),
+            Dataset::Backlinks,
+            "example.com",
+        ));
+        assert_eq!(read_back.columns(), rows.columns());
+        let row_group = metadata.row_group(0);
+        let chunk = |name: &str| {
+            row_group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap()
+        };
+        for name in ["url_from", "text_pre"] {
+            let column = chunk(name);
+            assert_eq!(column.dictionary_page_offset(), None, "{name}");
+            assert!(column.statistics().is_none(), "{name}");
+        }
+        let domain = chunk("domain_from");
+        assert!(domain.dictionary_page_offset().is_some());
+        assert!(domain.statistics().is_some());
+    }
+
+    #[test]
     fn a_second_commit_replaces_rows_instead_of_appending() {
         let root = tempfile::tempdir().unwrap();
         let sink = ParquetSink::new(root.path()).unwrap();

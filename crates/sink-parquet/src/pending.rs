@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use backlinks_model::Dataset;
+use backlinks_model::schema::FREE_TEXT_COLUMNS;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -219,9 +220,12 @@ impl Drop for PendingFile {
 ///
 /// Statistics are kept per page (the page index, which lets readers skip
 /// pages) for the other columns, but only per row group for text columns:
-/// the writer holds every page's entry until the file is closed, text
-/// entries are the large ones, and the min and max of a page of nearly
-/// unique URLs or snippets prune nothing.
+/// the writer holds every page's entry until the file is closed, and text
+/// entries are the large ones. The near-unique free text columns
+/// ([`FREE_TEXT_COLUMNS`]: URLs, titles, snippets) get neither statistics
+/// nor a dictionary: their min and max prune nothing, and a dictionary of
+/// values that almost never repeat is abandoned after its first 256 KB.
+/// Computing both was about a tenth of the write (BENCHMARKS.md).
 ///
 /// Text columns (URLs, titles, anchors, the text around links: almost all
 /// of a file's bytes) are compressed with zstd; the other columns, already
@@ -244,8 +248,13 @@ fn properties(dataset: Dataset) -> parquet::errors::Result<WriterProperties> {
             dataset.name().to_owned(),
         )]));
     for field in dataset.schema().fields() {
-        let column = ColumnPath::from(field.name().as_str());
-        builder = if holds_text(field.data_type()) {
+        let name = field.name().as_str();
+        let column = ColumnPath::from(name);
+        builder = if FREE_TEXT_COLUMNS.contains(&name) {
+            builder
+                .set_column_dictionary_enabled(column.clone(), false)
+                .set_column_statistics_enabled(column, EnabledStatistics::None)
+        } else if holds_text(field.data_type()) {
             builder.set_column_statistics_enabled(column, EnabledStatistics::Chunk)
         } else {
             builder.set_column_compression(column, Compression::LZ4_RAW)
