@@ -893,11 +893,12 @@ fn offset_pages(first: (i64, u64), room: usize, page_size: u64, end: u64) -> Vec
 }
 
 /// Requests for the next pages of one target, sent while the current page
-/// is normalized and landed. Only pages addressed by offset are requested
-/// ahead (their offsets are known once the first page gave `total_count`);
-/// pages past [`MAX_OFFSET`] need the token of the page before. Each
-/// request is exactly the one the page loop would send (same `offset` and
-/// `limit`), so archived answers and resume see no difference.
+/// is landed. Pages addressed by offset are requested up to `depth` ahead
+/// (their offsets are known once the first page gave `total_count`); a page
+/// past [`MAX_OFFSET`] needs the token of the page before, so it is
+/// requested as soon as that page is normalized, one ahead. Each request
+/// is exactly the one the page loop would send (same `offset`, `limit` and
+/// token), so archived answers and resume see no difference.
 struct PagesAhead {
     depth: usize,
     queue: VecDeque<PageAhead>,
@@ -906,6 +907,7 @@ struct PagesAhead {
 struct PageAhead {
     page: i64,
     offset: u64,
+    search_after_token: Option<String>,
     handle: tokio::task::JoinHandle<backlinks_fetcher::Exchange>,
 }
 
@@ -917,10 +919,54 @@ impl PagesAhead {
         }
     }
 
-    /// The request for `page` at `offset`, if it was sent ahead.
-    fn take(&mut self, page: i64, offset: u64) -> Option<PageAhead> {
+    /// The request for `page` at `offset` (after `search_after_token`), if
+    /// it was sent ahead.
+    fn take(
+        &mut self,
+        page: i64,
+        offset: u64,
+        search_after_token: Option<&str>,
+    ) -> Option<PageAhead> {
         let front = self.queue.front()?;
-        (front.page == page && front.offset == offset).then(|| self.queue.pop_front())?
+        (front.page == page
+            && front.offset == offset
+            && front.search_after_token.as_deref() == search_after_token)
+            .then(|| self.queue.pop_front())?
+    }
+
+    /// Sends the request of `page` of `want` items at `offset` (after
+    /// `search_after_token`).
+    fn send(&mut self, ctx: &Arc<RunContext>, request: BacklinksRequest, page: i64, want: u64) {
+        let offset = request.offset.map_or(0, u64::from);
+        let search_after_token = request.search_after_token.clone();
+        let ctx = Arc::clone(ctx);
+        let handle = tokio::spawn(async move { post_page(&ctx, page, &request, want).await });
+        self.queue.push_back(PageAhead {
+            page,
+            offset,
+            search_after_token,
+            handle,
+        });
+    }
+
+    /// Sends the request of `page`, the one after the token of the page
+    /// before, unless requests are already out (they come first) or none
+    /// may be sent ahead.
+    fn send_after_token(
+        &mut self,
+        ctx: &Arc<RunContext>,
+        spec: &BacklinksSpec,
+        key: &PartitionKey,
+        page: i64,
+        position: u64,
+        token: String,
+    ) {
+        if self.depth == 0 || !self.queue.is_empty() {
+            return;
+        }
+        let want = page_limit(spec, position);
+        let request = page_request(spec, key, 0, want, Some(token));
+        self.send(ctx, request, page, want);
     }
 
     /// Sends requests for the pages after `page` (which ended at item
@@ -945,14 +991,7 @@ impl PagesAhead {
             let want = page_limit(spec, offset);
             // Offsets here are at most MAX_OFFSET.
             let at = u32::try_from(offset).unwrap_or(u32::MAX);
-            let request = page_request(spec, key, at, want, None);
-            let ctx = Arc::clone(ctx);
-            let handle = tokio::spawn(async move { post_page(&ctx, next, &request, want).await });
-            self.queue.push_back(PageAhead {
-                page: next,
-                offset,
-                handle,
-            });
+            self.send(ctx, page_request(spec, key, at, want, None), next, want);
         }
     }
 
@@ -1011,7 +1050,7 @@ async fn backlinks_pages(
             Ok(start) => start,
             Err(problem) => return Ok(UnitStatus::Failed(problem)),
         };
-        let exchange = match ahead.take(page, u64::from(offset)) {
+        let exchange = match ahead.take(page, u64::from(offset), search_after_token.as_deref()) {
             Some(sent) => match sent.handle.await {
                 Ok(exchange) => exchange,
                 Err(e) => {
@@ -1047,6 +1086,29 @@ async fn backlinks_pages(
         };
         let first = i64::try_from(position).unwrap_or(i64::MAX);
         let rows = backlinks_page_rows(&row_ctx, first, &fetched.body)?;
+        if let Some(total) = rows.total_count {
+            expected = Some(u64::try_from(total).unwrap_or(0));
+        }
+        let got = rows.items_count as u64;
+        position += got;
+        token = rows.search_after_token;
+        let short_page = got < want;
+        let all_there = expected.is_some_and(|total| position >= total);
+        let cap_reached = page_limit(spec, position) == 0;
+        let last = got == 0 || short_page || all_there || cap_reached;
+        // The next requests go out before this page is written, so that the
+        // API works while the sinks do.
+        if !last {
+            let end = expected.map(|total| spec.max_items.map_or(total, |cap| cap.min(total)));
+            match (page_start(position, token.as_deref()), end) {
+                (Ok((_, Some(after))), _) => {
+                    ahead.send_after_token(ctx, spec, key, page + 1, position, after);
+                }
+                (Ok((_, None)), Some(end)) => ahead.fill(ctx, spec, key, page, position, end),
+                // No total yet, or no token: the loop finds out on the next page.
+                (Ok((_, None)), None) | (Err(_), _) => {}
+            }
+        }
         writer.write(Dataset::Backlinks, &rows.backlinks).await?;
         writer
             .write(Dataset::BacklinkRedirects, &rows.redirects)
@@ -1056,21 +1118,9 @@ async fn backlinks_pages(
         for (name, n) in rows.unknown_fields {
             *outcome.unknown.entry(name).or_default() += n;
         }
-        if let Some(total) = rows.total_count {
-            expected = Some(u64::try_from(total).unwrap_or(0));
-        }
-        let got = rows.items_count as u64;
-        position += got;
-        token = rows.search_after_token;
         debug!(target = %key.target, page, items = got, position, total = ?expected, "page landed in staging");
-        let short_page = got < want;
-        let all_there = expected.is_some_and(|total| position >= total);
-        if got == 0 || short_page || all_there {
+        if last {
             break;
-        }
-        if let Some(total) = expected {
-            let end = spec.max_items.map_or(total, |cap| cap.min(total));
-            ahead.fill(ctx, spec, key, page, position, end);
         }
     }
     writer.commit().await?;
