@@ -67,7 +67,7 @@ impl Sinks {
         &self,
         key: &PartitionKey,
         datasets: &[Dataset],
-    ) -> anyhow::Result<PartitionWriter<'_>> {
+    ) -> anyhow::Result<PartitionWriter> {
         let slot = self
             .partition_slots
             .clone()
@@ -144,13 +144,13 @@ pub(crate) fn partition_slots(spec: &PipelineSpec) -> usize {
 
 /// One partition being replaced in every enabled sink: Parquet files
 /// staged under temporary names, a Postgres transaction.
-pub struct PartitionWriter<'a> {
+pub struct PartitionWriter {
     parquet: Option<StagedPartition>,
-    postgres: Option<PgPartition<'a>>,
+    postgres: Option<PgPartition>,
     _slot: OwnedSemaphorePermit,
 }
 
-impl PartitionWriter<'_> {
+impl PartitionWriter {
     /// Appends a batch to `dataset` of the partition in every sink.
     pub async fn write(&mut self, dataset: Dataset, batch: &RecordBatch) -> anyhow::Result<()> {
         if let Some(staged) = &mut self.parquet {

@@ -19,6 +19,7 @@
 mod catalog;
 mod connect;
 mod copy;
+mod loader;
 mod partition;
 
 use arrow::array::RecordBatch;
@@ -72,6 +73,10 @@ pub enum Error {
     /// (not in `Dataset::PARTITIONED`).
     #[error("{table} is not a partitioned dataset")]
     NotPartitioned { table: &'static str },
+    /// The task loading an open partition ended before its commit (it
+    /// panicked); nothing of the partition landed.
+    #[error("the load of {partition} stopped before its commit")]
+    LoadStopped { partition: String },
 }
 
 /// The sink's result type.
@@ -120,7 +125,7 @@ impl PgSink {
     /// partition never interleave) and deletes the partition's rows from
     /// each of `datasets`, which must be partitioned datasets
     /// (`Dataset::PARTITIONED`).
-    pub async fn begin(&self, key: &PartitionKey, datasets: &[Dataset]) -> Result<PgPartition<'_>> {
+    pub async fn begin(&self, key: &PartitionKey, datasets: &[Dataset]) -> Result<PgPartition> {
         PgPartition::begin(self, key, datasets).await
     }
 

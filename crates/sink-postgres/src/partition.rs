@@ -1,11 +1,21 @@
 //! One partition replaced in one transaction.
 
-use backlinks_model::{Dataset, PartitionKey};
-use bytes::BytesMut;
-use sqlx::{Postgres, Transaction};
+use std::sync::Arc;
 
-use crate::copy::{copy_in, quote_ident};
+use backlinks_model::{Dataset, PartitionKey};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::catalog::TableColumns;
+use crate::copy::{CHUNK_BYTES, RowEncoder, quote_ident};
+use crate::loader::{Load, Loaded, Rows, load};
 use crate::{Error, PgSink, Result};
+
+/// Chunks of encoded rows on their way to the loader, at most: with
+/// [`HOLD_BYTES`](crate::loader::HOLD_BYTES), what bounds the memory of an
+/// open partition beyond the batch being written.
+const QUEUED_CHUNKS: usize = 4;
 
 /// An open partition: a transaction that holds the partition's advisory
 /// lock and has deleted its previous rows from the named datasets.
@@ -13,13 +23,20 @@ use crate::{Error, PgSink, Result};
 /// [`write`](Self::write) batches into it, then [`commit`](Self::commit).
 /// Dropping it without committing rolls everything back, the previous rows
 /// included.
-pub struct PgPartition<'a> {
-    sink: &'a PgSink,
-    tx: Transaction<'static, Postgres>,
+///
+/// The transaction lives on a task of its own that streams the rows into
+/// `COPY` while the caller goes on (see the `loader` module), so an
+/// error of the server about a batch (a broken connection, say) may be
+/// reported by a later write or by the commit rather than by the write of
+/// that batch; either way nothing of the partition lands.
+pub struct PgPartition {
     key: PartitionKey,
-    datasets: Vec<Dataset>,
+    /// The datasets named at `begin`, with their table's columns.
+    datasets: Vec<(Dataset, Arc<TableColumns>)>,
+    loads: mpsc::Sender<Load>,
+    /// `None` once awaited (after an error, or by the commit).
+    loader: Option<JoinHandle<Result<Option<Loaded>>>>,
     buf: BytesMut,
-    rows: u64,
 }
 
 /// `example.com 2026-01-15 (pipeline nightly)`: a partition in messages.
@@ -55,10 +72,10 @@ pub(crate) fn lock_key(key: &PartitionKey, dataset: Dataset) -> i64 {
     i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
-impl<'a> PgPartition<'a> {
+impl PgPartition {
     /// See [`PgSink::begin`].
     pub(crate) async fn begin(
-        sink: &'a PgSink,
+        sink: &PgSink,
         key: &PartitionKey,
         datasets: &[Dataset],
     ) -> Result<Self> {
@@ -109,21 +126,31 @@ impl<'a> PgPartition<'a> {
             .rows_affected();
             tracing::debug!(table, target = %key.target, deleted, "cleared the partition");
         }
+        let mut datasets = Vec::with_capacity(names.len());
+        for dataset in names {
+            datasets.push((
+                dataset,
+                sink.catalog.columns(&mut tx, dataset.name()).await?,
+            ));
+        }
+        let (loads, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let loader = tokio::spawn(load(tx, partition, rx));
         Ok(Self {
-            sink,
-            tx,
             key: key.clone(),
-            datasets: names,
+            datasets,
+            loads,
+            loader: Some(loader),
             buf: BytesMut::new(),
-            rows: 0,
         })
     }
 
     /// Bulk loads `batch` into `dataset` with a binary `COPY`. May be called
     /// any number of times per dataset; the rows become visible at
     /// [`commit`](Self::commit). Every column of the batch must exist in the
-    /// table (others get their default, NULL). After an error the
-    /// transaction may be unusable: drop the partition (which rolls back)
+    /// table (others get their default, NULL). The batch is encoded whole
+    /// before any of it is sent, so a value that cannot be written fails
+    /// the write and sends nothing; the rows are loaded while the caller
+    /// goes on. After an error, drop the partition (which rolls back)
     /// instead of writing on.
     pub async fn write(
         &mut self,
@@ -131,32 +158,72 @@ impl<'a> PgPartition<'a> {
         batch: &arrow::array::RecordBatch,
     ) -> Result<()> {
         let table = dataset.name();
-        if !self.datasets.contains(&dataset) {
+        let Some((_, columns)) = self.datasets.iter().find(|(d, _)| *d == dataset) else {
             return Err(Error::NotInPartition {
                 table,
                 partition: describe(&self.key),
             });
+        };
+        let encoder = RowEncoder::new(columns, batch)?;
+        if encoder.rows() == 0 {
+            return Ok(());
         }
-        let columns = self.sink.catalog.columns(&mut self.tx, table).await?;
-        let key = &self.key;
-        let rows = copy_in(&mut self.tx, table, &columns, batch, &mut self.buf, || {
-            format!("replacing {table} of {}", describe(key))
-        })
-        .await?;
-        self.rows += rows;
-        tracing::debug!(table, target = %key.target, rows, "copied into the partition");
+        let statement: Arc<str> = encoder.copy_statement(table).into();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut row = 0;
+        while row < encoder.rows() {
+            self.buf.reserve(CHUNK_BYTES + CHUNK_BYTES / 8);
+            row = encoder
+                .encode(&mut self.buf, row, CHUNK_BYTES)
+                .inspect_err(|_| {
+                    self.buf.clear();
+                })?;
+            chunks.push(self.buf.split().freeze());
+        }
+        for data in chunks {
+            let rows = Rows {
+                table,
+                statement: Arc::clone(&statement),
+                data,
+            };
+            self.send(Load::Rows(rows)).await?;
+        }
         Ok(())
     }
 
     /// Commits the partition: the new rows replace the old ones at once.
-    pub async fn commit(self) -> Result<()> {
+    pub async fn commit(mut self) -> Result<()> {
         let partition = describe(&self.key);
-        self.tx.commit().await.map_err(|source| Error::Query {
+        self.send(Load::Finish).await?;
+        let (tx, rows) = match self.loader.take() {
+            Some(loader) => match loader.await {
+                Ok(Ok(Some(loaded))) => loaded,
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(None)) | Err(_) => return Err(Error::LoadStopped { partition }),
+            },
+            None => return Err(Error::LoadStopped { partition }),
+        };
+        tx.commit().await.map_err(|source| Error::Query {
             action: format!("committing {partition}"),
             source,
         })?;
-        tracing::debug!(partition, rows = self.rows, "committed the partition");
+        tracing::debug!(partition, rows, "committed the partition");
         Ok(())
+    }
+
+    /// Hands `load` to the loader, or returns what stopped it.
+    async fn send(&mut self, load: Load) -> Result<()> {
+        if self.loads.send(load).await.is_ok() {
+            return Ok(());
+        }
+        let partition = describe(&self.key);
+        Err(match self.loader.take().map(JoinHandle::into_future) {
+            Some(loader) => match loader.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) | Err(_) => Error::LoadStopped { partition },
+            },
+            None => Error::LoadStopped { partition },
+        })
     }
 }
 

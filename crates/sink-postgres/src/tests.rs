@@ -492,6 +492,100 @@ async fn a_partition_dropped_before_commit_keeps_the_previous_rows(pool: PgPool)
     );
 }
 
+/// Backlinks of positions `from..from + n` of `key`.
+fn backlink_rows(key: &PartitionKey, from: i64, n: i64) -> RecordBatch {
+    let rows: Vec<TestRow> = (from..from + n)
+        .map(|position| {
+            let mut row = partition_row(key);
+            row.push(("position", V::I(position)));
+            row
+        })
+        .collect();
+    batch(Dataset::Backlinks, &rows)
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn interleaved_pages_land_whole_past_the_hold_limit(pool: PgPool) {
+    let sink = PgSink::from_pool(pool.clone());
+    let k = key("example.com", 15);
+    let datasets = [Dataset::Backlinks, Dataset::BacklinkRedirects];
+    let mut p = sink.begin(&k, &datasets).await.unwrap();
+    // Pages of 500 backlinks, each with 500 redirect hops of ~2 KB URLs
+    // (~1 MB a page): the redirects of a few pages outgrow what the loader
+    // holds while the backlinks COPY is open.
+    let url = "https://example.org/".to_owned() + &"r".repeat(2000);
+    let pages = 2 * crate::loader::HOLD_BYTES.div_ceil(500 * 2000) as i64;
+    for page in 0..pages {
+        p.write(Dataset::Backlinks, &backlink_rows(&k, page * 500, 500))
+            .await
+            .unwrap();
+        let hops: Vec<TestRow> = (page * 500..page * 500 + 500)
+            .map(|position| {
+                let mut row = partition_row(&k);
+                row.extend([
+                    ("position", V::I(position)),
+                    ("hop", V::I(0)),
+                    ("url", s(&url)),
+                ]);
+                row
+            })
+            .collect();
+        p.write(
+            Dataset::BacklinkRedirects,
+            &batch(Dataset::BacklinkRedirects, &hops),
+        )
+        .await
+        .unwrap();
+    }
+    // Nothing is visible before the commit.
+    assert_eq!(count(&pool, "SELECT count(*) FROM backlinks").await, 0);
+    p.commit().await.unwrap();
+    for table in ["backlinks", "backlink_redirects"] {
+        let sql = format!(
+            "SELECT count(DISTINCT position) FROM {table} WHERE position BETWEEN 0 AND {}",
+            pages * 500 - 1
+        );
+        assert_eq!(count(&pool, &sql).await, pages * 500, "{table}");
+        let all = format!("SELECT count(*) FROM {table}");
+        assert_eq!(count(&pool, &all).await, pages * 500, "{table}");
+    }
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_row_the_server_refuses_fails_the_commit_and_keeps_the_previous_rows(pool: PgPool) {
+    let sink = PgSink::from_pool(pool.clone());
+    let k = key("example.com", 15);
+    write_partition(&sink, &k, &[(Dataset::Backlinks, backlink_rows(&k, 0, 3))]).await;
+
+    let mut p = sink.begin(&k, &[Dataset::Backlinks]).await.unwrap();
+    // The same positions twice: the primary key refuses the second batch,
+    // which the server sees only after the write has returned.
+    let mut failed = None;
+    for _ in 0..2 {
+        if let Err(e) = p
+            .write(Dataset::Backlinks, &backlink_rows(&k, 10, 100))
+            .await
+        {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = match failed {
+        Some(e) => e,
+        None => p.commit().await.unwrap_err(),
+    };
+    assert!(
+        err.to_string()
+            .contains("replacing backlinks of example.com 2026-01-15"),
+        "{err}"
+    );
+    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM backlinks ORDER BY 1")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(positions, vec![0, 1, 2]);
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_second_writer_of_the_same_partition_waits_for_the_first(pool: PgPool) {
     let sink = Arc::new(PgSink::from_pool(pool.clone()));
@@ -804,12 +898,7 @@ async fn connect_and_migrate_on_a_migrated_database(pool: PgPool) {
 /// Fails to compile if a future of the sink cannot move between threads
 /// (the pipeline runs partitions on spawned tasks).
 #[allow(dead_code)]
-fn futures_are_send(
-    sink: &PgSink,
-    key: &PartitionKey,
-    batch: &RecordBatch,
-    mut p: PgPartition<'_>,
-) {
+fn futures_are_send(sink: &PgSink, key: &PartitionKey, batch: &RecordBatch, mut p: PgPartition) {
     fn send<T: Send>(_: T) {}
     send(PgSink::connect(&Secret::new(""), 1));
     send(sink.migrate());
