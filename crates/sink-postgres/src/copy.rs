@@ -20,6 +20,7 @@ use arrow::datatypes::{
 };
 use bytes::{BufMut, BytesMut};
 use sqlx::PgConnection;
+use sqlx::postgres::PgCopyIn;
 
 use crate::catalog::{PgType, TableColumns};
 use crate::{Error, Result};
@@ -38,12 +39,12 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 
 /// Writes the stream header.
-pub(crate) fn write_header(buf: &mut BytesMut) {
+fn write_header(buf: &mut BytesMut) {
     buf.put_slice(HEADER);
 }
 
 /// Writes the stream trailer.
-pub(crate) fn write_trailer(buf: &mut BytesMut) {
+fn write_trailer(buf: &mut BytesMut) {
     buf.put_i16(-1);
 }
 
@@ -415,41 +416,67 @@ pub(crate) async fn copy_in(
         action: action(),
         source,
     };
-    let mut copy = conn
-        .copy_in_raw(&encoder.copy_statement(into))
+    let mut copy = open(conn, &encoder.copy_statement(into))
         .await
         .map_err(query)?;
+    match send_rows(&mut copy, &encoder, buf, &query).await {
+        Ok(()) => close(copy).await.map_err(query),
+        Err(e @ Error::Encode { .. }) => {
+            if let Err(abort) = copy.abort(e.to_string()).await {
+                tracing::warn!(table = into, error = %abort, "aborting the copy failed");
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts `statement` (a binary `COPY … FROM STDIN`) and sends the stream
+/// header.
+pub(crate) async fn open<'c>(
+    conn: &'c mut PgConnection,
+    statement: &str,
+) -> sqlx::Result<PgCopyIn<&'c mut PgConnection>> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    let mut header = BytesMut::new();
+    write_header(&mut header);
+    copy.send(header).await?;
+    Ok(copy)
+}
+
+/// Encodes the rows of `encoder` into `buf` and sends them, in pieces of
+/// about [`CHUNK_BYTES`]. A value that cannot be encoded is an
+/// [`Error::Encode`]; a failed send goes through `query`.
+pub(crate) async fn send_rows(
+    copy: &mut PgCopyIn<&mut PgConnection>,
+    encoder: &RowEncoder<'_>,
+    buf: &mut BytesMut,
+    query: impl Fn(sqlx::Error) -> Error,
+) -> Result<()> {
     buf.clear();
     buf.reserve(CHUNK_BYTES + CHUNK_BYTES / 8);
-    write_header(buf);
     let mut row = 0;
-    loop {
-        row = match encoder.encode(buf, row, CHUNK_BYTES) {
-            Ok(next) => next,
-            Err(e) => {
-                buf.clear();
-                if let Err(abort) = copy.abort(e.to_string()).await {
-                    tracing::warn!(table = into, error = %abort, "aborting the copy failed");
-                }
-                return Err(e);
-            }
-        };
-        let last = row == encoder.rows();
-        if last {
-            write_trailer(buf);
-        }
-        copy.send(&buf[..]).await.map_err(query)?;
+    while row < encoder.rows() {
+        row = encoder
+            .encode(buf, row, CHUNK_BYTES)
+            .inspect_err(|_| buf.clear())?;
+        copy.send(&buf[..]).await.map_err(&query)?;
         buf.clear();
-        if last {
-            break;
-        }
     }
-    let rows = copy.finish().await.map_err(query)?;
     // Give back a buffer that grew for one huge row.
     if buf.capacity() > 4 * CHUNK_BYTES {
         *buf = BytesMut::new();
     }
-    Ok(rows)
+    Ok(())
+}
+
+/// Sends the stream trailer and waits for the server to take every row;
+/// returns their number.
+pub(crate) async fn close(mut copy: PgCopyIn<&mut PgConnection>) -> sqlx::Result<u64> {
+    let mut trailer = BytesMut::new();
+    write_trailer(&mut trailer);
+    copy.send(trailer).await?;
+    copy.finish().await
 }
 
 #[cfg(test)]

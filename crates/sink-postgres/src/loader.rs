@@ -1,37 +1,41 @@
 //! The connection side of an open partition: a task that owns the
-//! partition's transaction and streams encoded rows into `COPY`, so that the
-//! server loads one page while the caller encodes the next (and fetches it,
-//! and writes it to Parquet).
+//! partition's transaction, encodes the batches it is handed and streams
+//! them into `COPY`, so that the server loads one page while the caller
+//! fetches, normalizes and writes the next.
 //!
-//! A `COPY` stays open while rows of the same statement keep coming, one
+//! A `COPY` stays open while batches of the same statement keep coming, one
 //! for many pages: the server is waited for only when the statement
-//! changes, not after every batch. Rows of other statements that arrive in
-//! the meantime (the redirects of each page of backlinks) are held, up to
-//! [`HOLD_BYTES`], and loaded with one `COPY` each when the open one ends.
+//! changes, not after every batch. Batches of other statements that arrive
+//! in the meantime (the redirects of each page of backlinks) are held, up
+//! to [`HOLD_BYTES`] of Arrow memory, and loaded with one `COPY` each when
+//! the open one ends. Rows are encoded into one buffer that is reused, so
+//! the load allocates nothing per page.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use sqlx::postgres::PgCopyIn;
-use sqlx::{PgConnection, Postgres, Transaction};
+use arrow::array::RecordBatch;
+use bytes::BytesMut;
+use sqlx::{Postgres, Transaction};
 use tokio::sync::mpsc;
 
-use crate::copy::{write_header, write_trailer};
+use crate::catalog::TableColumns;
+use crate::copy::{RowEncoder, close, open, send_rows};
 use crate::{Error, Result};
 
-/// Encoded rows of other statements held while a `COPY` is open, at most;
-/// past it the open `COPY` ends and the held rows are loaded.
+/// Arrow memory of the batches of other statements held while a `COPY` is
+/// open, at most; past it the open `COPY` ends and the held batches are
+/// loaded.
 pub(crate) const HOLD_BYTES: usize = 4 << 20;
 
-/// Encoded rows of one table, in the binary `COPY` row format (no header,
-/// no trailer).
+/// A batch for one table, checked against its columns.
 pub(crate) struct Rows {
     /// The table, for messages.
     pub(crate) table: &'static str,
-    /// `COPY <table> (<columns>) FROM STDIN (FORMAT binary)`: rows of the
-    /// same statement share one `COPY`.
+    pub(crate) columns: Arc<TableColumns>,
+    /// `COPY <table> (<columns>) FROM STDIN (FORMAT binary)`: batches of
+    /// the same statement share one `COPY`.
     pub(crate) statement: Arc<str>,
-    pub(crate) data: Bytes,
+    pub(crate) batch: RecordBatch,
 }
 
 /// What the loader is told.
@@ -49,15 +53,9 @@ pub(crate) type Loaded = (Transaction<'static, Postgres>, u64);
 enum Then {
     /// A message to act on after it.
     Act(Option<Load>),
-    /// The held rows outgrew [`HOLD_BYTES`]: receive on after loading them.
+    /// The held batches outgrew [`HOLD_BYTES`]: receive on after loading
+    /// them.
     Receive,
-}
-
-/// Rows held for one statement.
-struct Held {
-    table: &'static str,
-    statement: Arc<str>,
-    chunks: Vec<Bytes>,
 }
 
 /// Loads what `rx` brings into `tx` until [`Load::Finish`], then hands the
@@ -69,6 +67,7 @@ pub(crate) async fn load(
     partition: String,
     mut rx: mpsc::Receiver<Load>,
 ) -> Result<Option<Loaded>> {
+    let mut buf = BytesMut::new();
     let mut loaded = 0u64;
     let mut next = rx.recv().await;
     loop {
@@ -79,24 +78,26 @@ pub(crate) async fn load(
         };
         let query = |table: &str| {
             let action = format!("replacing {table} of {partition}");
-            move |source| Error::Query { action, source }
+            move |source| Error::Query {
+                action: action.clone(),
+                source,
+            }
         };
-        let mut held: Vec<Held> = Vec::new();
+        let mut held: Vec<Rows> = Vec::new();
         let mut held_bytes = 0;
         let then;
         {
-            let mut copy = open(&mut tx, &first.statement)
-                .await
-                .map_err(query(first.table))?;
-            copy.send(first.data).await.map_err(query(first.table))?;
+            let query = query(first.table);
+            let mut copy = open(&mut tx, &first.statement).await.map_err(&query)?;
+            send(&mut copy, &first, &mut buf, &query).await?;
             then = loop {
                 match rx.recv().await {
                     Some(Load::Rows(rows)) if rows.statement == first.statement => {
-                        copy.send(rows.data).await.map_err(query(first.table))?;
+                        send(&mut copy, &rows, &mut buf, &query).await?;
                     }
                     Some(Load::Rows(rows)) => {
-                        held_bytes += rows.data.len();
-                        hold(&mut held, rows);
+                        held_bytes += rows.batch.get_array_memory_size();
+                        held.push(rows);
                         if held_bytes >= HOLD_BYTES {
                             break Then::Receive;
                         }
@@ -106,19 +107,23 @@ pub(crate) async fn load(
                     finish @ Some(Load::Finish) => break Then::Act(finish),
                 }
             };
-            loaded += close(copy).await.map_err(query(first.table))?;
+            loaded += close(copy).await.map_err(query)?;
         }
-        for Held {
-            table,
-            statement,
-            chunks,
-        } in held
-        {
-            let mut copy = open(&mut tx, &statement).await.map_err(query(table))?;
-            for chunk in chunks {
-                copy.send(chunk).await.map_err(query(table))?;
+        // One COPY per statement, in the order the statements first came.
+        while !held.is_empty() {
+            let statement = Arc::clone(&held[0].statement);
+            let query = query(held[0].table);
+            let mut copy = open(&mut tx, &statement).await.map_err(&query)?;
+            let mut rest = Vec::with_capacity(held.len());
+            for rows in held {
+                if rows.statement == statement {
+                    send(&mut copy, &rows, &mut buf, &query).await?;
+                } else {
+                    rest.push(rows);
+                }
             }
-            loaded += close(copy).await.map_err(query(table))?;
+            loaded += close(copy).await.map_err(query)?;
+            held = rest;
         }
         tracing::debug!(partition, rows = loaded, "copied into the partition");
         next = match then {
@@ -128,36 +133,13 @@ pub(crate) async fn load(
     }
 }
 
-/// Starts `statement` (a binary `COPY … FROM STDIN`) and sends the stream
-/// header.
-async fn open<'c>(
-    conn: &'c mut PgConnection,
-    statement: &str,
-) -> sqlx::Result<PgCopyIn<&'c mut PgConnection>> {
-    let mut copy = conn.copy_in_raw(statement).await?;
-    let mut header = BytesMut::new();
-    write_header(&mut header);
-    copy.send(header).await?;
-    Ok(copy)
-}
-
-/// Sends the stream trailer and waits for the server to take every row;
-/// returns their number.
-async fn close(mut copy: PgCopyIn<&mut PgConnection>) -> sqlx::Result<u64> {
-    let mut trailer = BytesMut::new();
-    write_trailer(&mut trailer);
-    copy.send(trailer).await?;
-    copy.finish().await
-}
-
-/// Adds `rows` to the held rows of its statement.
-fn hold(held: &mut Vec<Held>, rows: Rows) {
-    match held.iter_mut().find(|h| h.statement == rows.statement) {
-        Some(h) => h.chunks.push(rows.data),
-        None => held.push(Held {
-            table: rows.table,
-            statement: rows.statement,
-            chunks: vec![rows.data],
-        }),
-    }
+/// Encodes `rows` into `buf` and sends them into the open `copy`.
+async fn send(
+    copy: &mut sqlx::postgres::PgCopyIn<&mut sqlx::PgConnection>,
+    rows: &Rows,
+    buf: &mut BytesMut,
+    query: impl Fn(sqlx::Error) -> Error,
+) -> Result<()> {
+    let encoder = RowEncoder::new(&rows.columns, &rows.batch)?;
+    send_rows(copy, &encoder, buf, query).await
 }

@@ -3,19 +3,18 @@
 use std::sync::Arc;
 
 use backlinks_model::{Dataset, PartitionKey};
-use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::catalog::TableColumns;
-use crate::copy::{CHUNK_BYTES, RowEncoder, quote_ident};
+use crate::copy::{RowEncoder, quote_ident};
 use crate::loader::{Load, Loaded, Rows, load};
 use crate::{Error, PgSink, Result};
 
-/// Chunks of encoded rows on their way to the loader, at most: with
-/// [`HOLD_BYTES`](crate::loader::HOLD_BYTES), what bounds the memory of an
-/// open partition beyond the batch being written.
-const QUEUED_CHUNKS: usize = 4;
+/// Batches on their way to the loader, at most: with
+/// [`HOLD_BYTES`](crate::loader::HOLD_BYTES), what bounds the memory an
+/// open partition keeps beyond the batch being written.
+const QUEUED_BATCHES: usize = 2;
 
 /// An open partition: a transaction that holds the partition's advisory
 /// lock and has deleted its previous rows from the named datasets.
@@ -36,7 +35,6 @@ pub struct PgPartition {
     loads: mpsc::Sender<Load>,
     /// `None` once awaited (after an error, or by the commit).
     loader: Option<JoinHandle<Result<Option<Loaded>>>>,
-    buf: BytesMut,
 }
 
 /// `example.com 2026-01-15 (pipeline nightly)`: a partition in messages.
@@ -133,25 +131,24 @@ impl PgPartition {
                 sink.catalog.columns(&mut tx, dataset.name()).await?,
             ));
         }
-        let (loads, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let (loads, rx) = mpsc::channel(QUEUED_BATCHES);
         let loader = tokio::spawn(load(tx, partition, rx));
         Ok(Self {
             key: key.clone(),
             datasets,
             loads,
             loader: Some(loader),
-            buf: BytesMut::new(),
         })
     }
 
     /// Bulk loads `batch` into `dataset` with a binary `COPY`. May be called
     /// any number of times per dataset; the rows become visible at
     /// [`commit`](Self::commit). Every column of the batch must exist in the
-    /// table (others get their default, NULL). The batch is encoded whole
-    /// before any of it is sent, so a value that cannot be written fails
-    /// the write and sends nothing; the rows are loaded while the caller
-    /// goes on. After an error, drop the partition (which rolls back)
-    /// instead of writing on.
+    /// table with a type it can be written to (others get their default,
+    /// NULL): that is checked here. The rows are then encoded and loaded
+    /// while the caller goes on, so a value that cannot be written, or an
+    /// error of the server, fails a later write or the commit. After an
+    /// error, drop the partition (which rolls back) instead of writing on.
     pub async fn write(
         &mut self,
         dataset: Dataset,
@@ -168,27 +165,13 @@ impl PgPartition {
         if encoder.rows() == 0 {
             return Ok(());
         }
-        let statement: Arc<str> = encoder.copy_statement(table).into();
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut row = 0;
-        while row < encoder.rows() {
-            self.buf.reserve(CHUNK_BYTES + CHUNK_BYTES / 8);
-            row = encoder
-                .encode(&mut self.buf, row, CHUNK_BYTES)
-                .inspect_err(|_| {
-                    self.buf.clear();
-                })?;
-            chunks.push(self.buf.split().freeze());
-        }
-        for data in chunks {
-            let rows = Rows {
-                table,
-                statement: Arc::clone(&statement),
-                data,
-            };
-            self.send(Load::Rows(rows)).await?;
-        }
-        Ok(())
+        let rows = Rows {
+            table,
+            columns: Arc::clone(columns),
+            statement: encoder.copy_statement(table).into(),
+            batch: batch.clone(),
+        };
+        self.send(Load::Rows(rows)).await
     }
 
     /// Commits the partition: the new rows replace the old ones at once.
