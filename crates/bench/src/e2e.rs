@@ -318,7 +318,7 @@ fn render(command: String, runs: &[E2eRun], pg_note: Option<&str>) -> Section {
         "The real `backlinks` binary (`backlinks run`) on a pipeline with one target \
          `items<N>.example.com` (the sandbox serves exactly N backlinks), then with many \
          such targets of N, N + 1, … items (`targets × N`), pages of 1000 \
-         (by offset to 20,000, then by `search_after_token`, so one page at a time), the \
+         (by offset to 20,000, then by `search_after_token`, so one page ahead at most), the \
          embedded sandbox with no latency and no cap, `api.requests_per_minute` 1,000,000, \
          into Parquet and Postgres (a scratch database, dropped afterwards). The sandbox \
          generates every page's JSON on the same cores. Time is from start to exit \

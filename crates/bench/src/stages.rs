@@ -390,9 +390,11 @@ pub fn sections(size: Size, f: &StageFigures) -> Vec<Section> {
                 "The same batches into `backlinks` and `backlink_redirects` of a scratch \
                  database (`backlinks_bench_<random>` on `DATABASE_URL`, migrated, dropped \
                  afterwards) through the real load path: `PgSink::begin` (transaction, \
-                 advisory lock, delete of the partition), `PgPartition::write` (binary \
-                 `COPY`), `commit`. Each pass loads a new partition. The client is one \
-                 thread; the server works on the other cores.\n\n{head}{}{}",
+                 advisory lock, delete of the partition), `PgPartition::write` (the batch \
+                 goes to the partition's loader task, which encodes it into a binary \
+                 `COPY` kept open across batches), `commit`. Each pass loads a new \
+                 partition. The client is the calling thread and the loader task; the \
+                 server works on the same cores.\n\n{head}{}{}",
                 line("COPY (batches ready)", &pg.copy),
                 line("normalize + COPY", &pg.normalize_copy),
             ),
