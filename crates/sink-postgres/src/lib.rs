@@ -73,10 +73,10 @@ pub enum Error {
     /// (not in `Dataset::PARTITIONED`).
     #[error("{table} is not a partitioned dataset")]
     NotPartitioned { table: &'static str },
-    /// The task loading an open partition ended before its commit (it
-    /// panicked); nothing of the partition landed.
-    #[error("the load of {partition} stopped before its commit")]
-    LoadStopped { partition: String },
+    /// The task loading an open partition ended before its commit without
+    /// an error of its own (it panicked); nothing of the partition landed.
+    #[error("the load of {partition} stopped before its commit: {reason}")]
+    LoadStopped { partition: String, reason: String },
 }
 
 /// The sink's result type.

@@ -76,7 +76,8 @@ pub(crate) async fn load(
             Some(Load::Finish) => return Ok(Some((tx, loaded))),
             Some(Load::Rows(rows)) => rows,
         };
-        let query = |table: &str| {
+        // The error of a failed query on `table`.
+        let query_on = |table: &str| {
             let action = format!("replacing {table} of {partition}");
             move |source| Error::Query {
                 action: action.clone(),
@@ -87,7 +88,7 @@ pub(crate) async fn load(
         let mut held_bytes = 0;
         let then;
         {
-            let query = query(first.table);
+            let query = query_on(first.table);
             let mut copy = open(&mut tx, &first.statement).await.map_err(&query)?;
             send(&mut copy, &first, &mut buf, &query).await?;
             then = loop {
@@ -112,7 +113,7 @@ pub(crate) async fn load(
         // One COPY per statement, in the order the statements first came.
         while !held.is_empty() {
             let statement = Arc::clone(&held[0].statement);
-            let query = query(held[0].table);
+            let query = query_on(held[0].table);
             let mut copy = open(&mut tx, &statement).await.map_err(&query)?;
             let mut rest = Vec::with_capacity(held.len());
             for rows in held {

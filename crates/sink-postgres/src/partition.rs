@@ -178,14 +178,7 @@ impl PgPartition {
     pub async fn commit(mut self) -> Result<()> {
         let partition = describe(&self.key);
         self.send(Load::Finish).await?;
-        let (tx, rows) = match self.loader.take() {
-            Some(loader) => match loader.await {
-                Ok(Ok(Some(loaded))) => loaded,
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(None)) | Err(_) => return Err(Error::LoadStopped { partition }),
-            },
-            None => return Err(Error::LoadStopped { partition }),
-        };
+        let (tx, rows) = self.join().await?;
         tx.commit().await.map_err(|source| Error::Query {
             action: format!("committing {partition}"),
             source,
@@ -199,14 +192,32 @@ impl PgPartition {
         if self.loads.send(load).await.is_ok() {
             return Ok(());
         }
-        let partition = describe(&self.key);
-        Err(match self.loader.take().map(JoinHandle::into_future) {
-            Some(loader) => match loader.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) | Err(_) => Error::LoadStopped { partition },
-            },
-            None => Error::LoadStopped { partition },
+        // The loader ended before a finish: with an error, or a panic.
+        Err(match self.join().await {
+            Err(e) => e,
+            Ok(_) => self.stopped("it ended early"),
         })
+    }
+
+    /// Waits for the loader to end: the transaction with every row loaded,
+    /// or what stopped it.
+    async fn join(&mut self) -> Result<Loaded> {
+        let Some(loader) = self.loader.take() else {
+            return Err(self.stopped("it had already ended"));
+        };
+        match loader.await {
+            Ok(Ok(Some(loaded))) => Ok(loaded),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => Err(self.stopped("it ended early")),
+            Err(e) => Err(self.stopped(&e.to_string())),
+        }
+    }
+
+    fn stopped(&self, reason: &str) -> Error {
+        Error::LoadStopped {
+            partition: describe(&self.key),
+            reason: reason.to_owned(),
+        }
     }
 }
 
