@@ -949,23 +949,19 @@ impl PagesAhead {
         });
     }
 
-    /// Sends the request of `page`, the one after the token of the page
-    /// before, unless requests are already out (they come first) or none
-    /// may be sent ahead.
-    fn send_after_token(
+    /// Sends `request` for `page` (the page after the token of the page
+    /// before, so one at a time), unless requests are already out (they
+    /// come first) or none may be sent ahead.
+    fn send_next(
         &mut self,
         ctx: &Arc<RunContext>,
-        spec: &BacklinksSpec,
-        key: &PartitionKey,
+        request: BacklinksRequest,
         page: i64,
-        position: u64,
-        token: String,
+        want: u64,
     ) {
         if self.depth == 0 || !self.queue.is_empty() {
             return;
         }
-        let want = page_limit(spec, position);
-        let request = page_request(spec, key, 0, want, Some(token));
         self.send(ctx, request, page, want);
     }
 
@@ -1101,8 +1097,10 @@ async fn backlinks_pages(
         if !last {
             let end = expected.map(|total| spec.max_items.map_or(total, |cap| cap.min(total)));
             match (page_start(position, token.as_deref()), end) {
-                (Ok((_, Some(after))), _) => {
-                    ahead.send_after_token(ctx, spec, key, page + 1, position, after);
+                (Ok((offset, Some(after))), _) => {
+                    let want = page_limit(spec, position);
+                    let request = page_request(spec, key, offset, want, Some(after));
+                    ahead.send_next(ctx, request, page + 1, want);
                 }
                 (Ok((_, None)), Some(end)) => ahead.fill(ctx, spec, key, page, position, end),
                 // No total yet, or no token: the loop finds out on the next page.

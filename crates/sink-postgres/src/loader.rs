@@ -51,8 +51,9 @@ pub(crate) type Loaded = (Transaction<'static, Postgres>, u64);
 
 /// What ended a `COPY`.
 enum Then {
-    /// A message to act on after it.
-    Act(Option<Load>),
+    /// [`Load::Finish`]: hand the transaction back after loading what is
+    /// held.
+    Finish,
     /// The held batches outgrew [`HOLD_BYTES`]: receive on after loading
     /// them.
     Receive,
@@ -67,6 +68,14 @@ pub(crate) async fn load(
     partition: String,
     mut rx: mpsc::Receiver<Load>,
 ) -> Result<Option<Loaded>> {
+    // The error of a failed query on `table`.
+    let query_on = |table: &str| {
+        let action = format!("replacing {table} of {partition}");
+        move |source| Error::Query {
+            action: action.clone(),
+            source,
+        }
+    };
     let mut buf = BytesMut::new();
     let mut loaded = 0u64;
     let mut next = rx.recv().await;
@@ -75,14 +84,6 @@ pub(crate) async fn load(
             None => return Ok(None),
             Some(Load::Finish) => return Ok(Some((tx, loaded))),
             Some(Load::Rows(rows)) => rows,
-        };
-        // The error of a failed query on `table`.
-        let query_on = |table: &str| {
-            let action = format!("replacing {table} of {partition}");
-            move |source| Error::Query {
-                action: action.clone(),
-                source,
-            }
         };
         let mut held: Vec<Rows> = Vec::new();
         let mut held_bytes = 0;
@@ -105,7 +106,7 @@ pub(crate) async fn load(
                     }
                     // Dropped without a finish: roll back, load nothing more.
                     None => return Ok(None),
-                    finish @ Some(Load::Finish) => break Then::Act(finish),
+                    Some(Load::Finish) => break Then::Finish,
                 }
             };
             loaded += close(copy).await.map_err(query)?;
@@ -127,10 +128,10 @@ pub(crate) async fn load(
             held = rest;
         }
         tracing::debug!(partition, rows = loaded, "copied into the partition");
-        next = match then {
-            Then::Act(message) => message,
-            Then::Receive => rx.recv().await,
-        };
+        match then {
+            Then::Finish => return Ok(Some((tx, loaded))),
+            Then::Receive => next = rx.recv().await,
+        }
     }
 }
 
