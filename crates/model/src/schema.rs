@@ -217,6 +217,20 @@ pub const FREE_TEXT_COLUMNS: [&str; 11] = [
     "extra",
 ];
 
+/// Integer and timestamp columns whose values almost never repeat within a
+/// partition: row positions (counting up), the times a link was seen (to
+/// the second) and page sizes. Columnar writers give them no dictionary and
+/// store them as deltas: a dictionary of such values fills up and is
+/// abandoned once most of a row group went through it, and positions
+/// counting up cost next to nothing as deltas.
+pub const NEAR_UNIQUE_NUMBER_COLUMNS: [&str; 5] = [
+    "position",
+    "first_seen",
+    "last_seen",
+    "prev_seen",
+    "page_from_size",
+];
+
 /// The item's `ranked_keywords_info` object: its key, and its counts, which
 /// `backlinks` stores as Int64 columns of the same names.
 pub const BACKLINK_RANKED_KEYWORDS: (&str, [&str; 3]) = (
@@ -408,6 +422,23 @@ mod tests {
             assert!(!types.is_empty(), "{name} is in no dataset");
             assert!(
                 types.iter().all(|t| *t == DataType::Utf8),
+                "{name}: {types:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn near_unique_number_columns_are_integer_or_timestamp_columns_of_some_dataset() {
+        for name in NEAR_UNIQUE_NUMBER_COLUMNS {
+            let types: Vec<DataType> = Dataset::ALL
+                .iter()
+                .filter_map(|d| Some(d.schema().field_with_name(name).ok()?.data_type().clone()))
+                .collect();
+            assert!(!types.is_empty(), "{name} is in no dataset");
+            assert!(
+                types
+                    .iter()
+                    .all(|t| matches!(t, DataType::Int64 | DataType::Timestamp(_, _))),
                 "{name}: {types:?}"
             );
         }

@@ -293,7 +293,7 @@ mod tests {
     use arrow::datatypes::{DataType, Int64Type};
     use backlinks_model::Target;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use parquet::basic::{Compression, Type as PhysicalType};
+    use parquet::basic::{Compression, Encoding, Type as PhysicalType};
     use parquet::file::metadata::ParquetMetaData;
 
     use super::*;
@@ -526,6 +526,63 @@ mod tests {
         let domain = chunk("domain_from");
         assert!(domain.dictionary_page_offset().is_some());
         assert!(domain.statistics().is_some());
+    }
+
+    #[test]
+    fn near_unique_numbers_are_delta_encoded_without_dictionary() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(root.path()).unwrap();
+        // Few distinct values: a dictionary would be used if it were on.
+        let n = 300;
+        let seen = TimestampMicrosecondArray::from_iter_values(
+            (0..n as i64).map(|i| 1_700_000_000_000_000 + i % 3 * 1_000_000),
+        )
+        .with_timezone("UTC");
+        let rows = batch(
+            Dataset::Backlinks,
+            n,
+            &[
+                ("first_seen", Arc::new(seen)),
+                (
+                    "rank",
+                    Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 3))),
+                ),
+            ],
+        );
+        let mut staged = sink
+            .begin(&key("example.com"), &[Dataset::Backlinks])
+            .unwrap();
+        staged.write(Dataset::Backlinks, &rows).unwrap();
+        staged.commit().unwrap();
+
+        let (read_back, metadata) = read(&partition_path(
+            root.path(),
+            Dataset::Backlinks,
+            "example.com",
+        ));
+        assert_eq!(read_back.columns(), rows.columns());
+        let row_group = metadata.row_group(0);
+        let chunk = |name: &str| {
+            row_group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap()
+        };
+        for name in ["position", "first_seen"] {
+            let column = chunk(name);
+            assert_eq!(column.dictionary_page_offset(), None, "{name}");
+            assert!(
+                column
+                    .encodings()
+                    .any(|e| e == Encoding::DELTA_BINARY_PACKED),
+                "{name}"
+            );
+            assert!(column.statistics().is_some(), "{name}");
+        }
+        let rank = chunk("rank");
+        assert!(rank.dictionary_page_offset().is_some());
+        assert!(!rank.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED));
     }
 
     #[test]
