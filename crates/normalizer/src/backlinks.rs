@@ -68,7 +68,7 @@ pub fn backlinks_page_rows(
     first_position: i64,
     body: &[u8],
 ) -> Result<BacklinksPageRows> {
-    let text = utf8(body)
+    let text = std::str::from_utf8(body)
         .map_err(|e| decode_error(ctx, ".".into(), format!("the body is not UTF-8: {e}")))?;
     let mut page = Page::new(ctx, first_position);
     let mut de = serde_json::Deserializer::from_str(text);
@@ -88,16 +88,6 @@ pub fn backlinks_page_rows(
         return Err(decode_error(ctx, track.path().to_string(), e.to_string()));
     }
     page.finish()
-}
-
-/// The body as text. Validated with SIMD (a body is a megabyte or two of
-/// JSON, and std's check took about a seventh of the decode); only an
-/// invalid body is checked again by std, for an error that says where.
-fn utf8(body: &[u8]) -> std::result::Result<&str, std::str::Utf8Error> {
-    match simdutf8::basic::from_utf8(body) {
-        Ok(text) => Ok(text),
-        Err(_) => std::str::from_utf8(body),
-    }
 }
 
 fn decode_error(ctx: &RowContext<'_>, path: String, message: String) -> Error {
