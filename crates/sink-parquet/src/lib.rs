@@ -294,7 +294,7 @@ mod tests {
     use backlinks_model::Target;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::basic::{Compression, Encoding, Type as PhysicalType};
-    use parquet::file::metadata::ParquetMetaData;
+    use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, RowGroupMetaData};
 
     use super::*;
     use crate::pending::{DATASET_METADATA_KEY, MAX_ROW_GROUP_ROWS};
@@ -478,10 +478,35 @@ mod tests {
         assert_eq!(temp_files(sink.dir()), Vec::<PathBuf>::new());
     }
 
-    #[test]
-    fn free_text_columns_get_no_dictionary_and_no_statistics() {
+    /// Writes `rows` of `backlinks` as one partition, checks they read
+    /// back the same, and returns the metadata of the file's first row group.
+    fn written_row_group(rows: &RecordBatch) -> RowGroupMetaData {
         let root = tempfile::tempdir().unwrap();
         let sink = ParquetSink::new(root.path()).unwrap();
+        let mut staged = sink
+            .begin(&key("example.com"), &[Dataset::Backlinks])
+            .unwrap();
+        staged.write(Dataset::Backlinks, rows).unwrap();
+        staged.commit().unwrap();
+        let (read_back, metadata) = read(&partition_path(
+            root.path(),
+            Dataset::Backlinks,
+            "example.com",
+        ));
+        assert_eq!(read_back.columns(), rows.columns());
+        metadata.row_group(0).clone()
+    }
+
+    fn column_chunk<'a>(row_group: &'a RowGroupMetaData, name: &str) -> &'a ColumnChunkMetaData {
+        row_group
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn free_text_columns_get_no_dictionary_and_no_statistics() {
         // Few distinct values: a dictionary would be used if it were on.
         let n = 300;
         let repeated = |prefix: &str| -> ArrayRef {
@@ -498,26 +523,8 @@ mod tests {
                 ("domain_from", repeated("a.example")),
             ],
         );
-        let mut staged = sink
-            .begin(&key("example.com"), &[Dataset::Backlinks])
-            .unwrap();
-        staged.write(Dataset::Backlinks, &rows).unwrap();
-        staged.commit().unwrap();
-
-        let (read_back, metadata) = read(&partition_path(
-            root.path(),
-            Dataset::Backlinks,
-            "example.com",
-        ));
-        assert_eq!(read_back.columns(), rows.columns());
-        let row_group = metadata.row_group(0);
-        let chunk = |name: &str| {
-            row_group
-                .columns()
-                .iter()
-                .find(|c| c.column_path().string() == name)
-                .unwrap()
-        };
+        let row_group = written_row_group(&rows);
+        let chunk = |name: &str| column_chunk(&row_group, name);
         for name in ["url_from", "text_pre"] {
             let column = chunk(name);
             assert_eq!(column.dictionary_page_offset(), None, "{name}");
@@ -530,8 +537,6 @@ mod tests {
 
     #[test]
     fn near_unique_numbers_are_delta_encoded_without_dictionary() {
-        let root = tempfile::tempdir().unwrap();
-        let sink = ParquetSink::new(root.path()).unwrap();
         // Few distinct values: a dictionary would be used if it were on.
         let n = 300;
         let seen = TimestampMicrosecondArray::from_iter_values(
@@ -549,26 +554,8 @@ mod tests {
                 ),
             ],
         );
-        let mut staged = sink
-            .begin(&key("example.com"), &[Dataset::Backlinks])
-            .unwrap();
-        staged.write(Dataset::Backlinks, &rows).unwrap();
-        staged.commit().unwrap();
-
-        let (read_back, metadata) = read(&partition_path(
-            root.path(),
-            Dataset::Backlinks,
-            "example.com",
-        ));
-        assert_eq!(read_back.columns(), rows.columns());
-        let row_group = metadata.row_group(0);
-        let chunk = |name: &str| {
-            row_group
-                .columns()
-                .iter()
-                .find(|c| c.column_path().string() == name)
-                .unwrap()
-        };
+        let row_group = written_row_group(&rows);
+        let chunk = |name: &str| column_chunk(&row_group, name);
         for name in ["position", "first_seen"] {
             let column = chunk(name);
             assert_eq!(column.dictionary_page_offset(), None, "{name}");
