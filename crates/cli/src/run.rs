@@ -892,6 +892,12 @@ fn offset_pages(first: (i64, u64), room: usize, page_size: u64, end: u64) -> Vec
         .collect()
 }
 
+/// The items of a target to load: its `total_count`, at most
+/// `max_items`; `None` while the total is not known.
+fn items_wanted(total_count: Option<u64>, spec: &BacklinksSpec) -> Option<u64> {
+    total_count.map(|total| spec.max_items.map_or(total, |cap| cap.min(total)))
+}
+
 /// Requests for the next pages of one target, sent while the current page
 /// is landed. Pages addressed by offset are requested up to `depth` ahead
 /// (their offsets are known once the first page gave `total_count`); a page
@@ -1095,8 +1101,10 @@ async fn backlinks_pages(
         // The next requests go out before this page is written, so that the
         // API works while the sinks do.
         if !last {
-            let end = expected.map(|total| spec.max_items.map_or(total, |cap| cap.min(total)));
-            match (page_start(position, token.as_deref()), end) {
+            match (
+                page_start(position, token.as_deref()),
+                items_wanted(expected, spec),
+            ) {
                 (Ok((offset, Some(after))), _) => {
                     let want = page_limit(spec, position);
                     let request = page_request(spec, key, offset, want, Some(after));
@@ -1126,10 +1134,7 @@ async fn backlinks_pages(
         (Dataset::Backlinks, counts[0]),
         (Dataset::BacklinkRedirects, counts[1]),
     ];
-    let wanted = match (expected, spec.max_items) {
-        (Some(total), Some(cap)) => Some(total.min(cap)),
-        (total, _) => total,
-    };
+    let wanted = items_wanted(expected, spec);
     outcome.items = Some(ItemCounts {
         expected: wanted,
         loaded: position,

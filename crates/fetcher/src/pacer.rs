@@ -29,9 +29,10 @@ use tokio::time::Instant;
 /// slowdown is undone after about eight clean answers), and the excess over
 /// the configured spacing halves every second. The second way matters after
 /// a deep slowdown, when answers come too slowly for the first: at ×8 a
-/// success per five configured slots, so 40 of them took seconds. The pace is held in a `std` mutex touched for a
-/// few nanoseconds per request; the queue is a fair async mutex, held by the
-/// head caller while it waits for its slot.
+/// success per five configured slots, so 40 of them took seconds. The pace
+/// is held in a `std` mutex touched for a few nanoseconds per request; the
+/// queue is a fair async mutex, held by the head caller while it waits for
+/// its slot.
 #[derive(Debug)]
 pub struct Pacer {
     base: Duration,

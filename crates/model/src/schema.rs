@@ -408,18 +408,21 @@ mod tests {
         }
     }
 
+    /// The types of the column `name` in the datasets that have one; fails
+    /// if none has.
+    fn column_types(name: &str) -> Vec<DataType> {
+        let types: Vec<DataType> = Dataset::ALL
+            .iter()
+            .filter_map(|d| Some(d.schema().field_with_name(name).ok()?.data_type().clone()))
+            .collect();
+        assert!(!types.is_empty(), "{name} is in no dataset");
+        types
+    }
+
     #[test]
     fn free_text_columns_are_text_columns_of_some_dataset() {
         for name in FREE_TEXT_COLUMNS {
-            let types: Vec<DataType> = Dataset::ALL
-                .iter()
-                .filter_map(|d| {
-                    let schema = d.schema();
-                    let field = schema.field_with_name(name).ok()?;
-                    Some(field.data_type().clone())
-                })
-                .collect();
-            assert!(!types.is_empty(), "{name} is in no dataset");
+            let types = column_types(name);
             assert!(
                 types.iter().all(|t| *t == DataType::Utf8),
                 "{name}: {types:?}"
@@ -430,11 +433,7 @@ mod tests {
     #[test]
     fn near_unique_number_columns_are_integer_or_timestamp_columns_of_some_dataset() {
         for name in NEAR_UNIQUE_NUMBER_COLUMNS {
-            let types: Vec<DataType> = Dataset::ALL
-                .iter()
-                .filter_map(|d| Some(d.schema().field_with_name(name).ok()?.data_type().clone()))
-                .collect();
-            assert!(!types.is_empty(), "{name} is in no dataset");
+            let types = column_types(name);
             assert!(
                 types
                     .iter()

@@ -260,13 +260,15 @@ fn properties(dataset: Dataset) -> parquet::errors::Result<WriterProperties> {
                 .set_column_statistics_enabled(column, EnabledStatistics::None)
         } else if holds_text(field.data_type()) {
             builder.set_column_statistics_enabled(column, EnabledStatistics::Chunk)
-        } else if NEAR_UNIQUE_NUMBER_COLUMNS.contains(&name) {
-            builder
-                .set_column_compression(column.clone(), Compression::LZ4_RAW)
-                .set_column_dictionary_enabled(column.clone(), false)
-                .set_column_encoding(column, Encoding::DELTA_BINARY_PACKED)
         } else {
-            builder.set_column_compression(column, Compression::LZ4_RAW)
+            let builder = builder.set_column_compression(column.clone(), Compression::LZ4_RAW);
+            if NEAR_UNIQUE_NUMBER_COLUMNS.contains(&name) {
+                builder
+                    .set_column_dictionary_enabled(column.clone(), false)
+                    .set_column_encoding(column, Encoding::DELTA_BINARY_PACKED)
+            } else {
+                builder
+            }
         };
     }
     Ok(builder.build())
