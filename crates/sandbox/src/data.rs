@@ -13,7 +13,7 @@ use backlinks_model::time::format_api_datetime;
 use chrono::DateTime;
 use serde_json::{Map, Value, json};
 
-use crate::rng::{Rng, combine, fnv1a};
+use crate::rng::{Rng, combine, stable_hash};
 
 /// 2010-01-01 00:00:00 UTC and 2025-12-31 00:00:00 UTC.
 const EARLIEST: i64 = 1_262_304_000;
@@ -82,7 +82,10 @@ const LINK_COUNTRIES: &[&str] = &[
 
 /// The PRNG of one target's data.
 fn rng_for(seed: u64, target: &str, stream: u64) -> Rng {
-    Rng::new(combine(combine(seed, stream), fnv1a(target.as_bytes())))
+    Rng::new(combine(
+        combine(seed, stream),
+        stable_hash(target.as_bytes()),
+    ))
 }
 
 /// `value`, or `null` with probability `p`.

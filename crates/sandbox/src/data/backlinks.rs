@@ -16,7 +16,7 @@ use super::{
     ATTRIBUTES, COUNTRIES, EARLIEST, LATEST, PLATFORMS, SEMANTIC_LOCATIONS, TLDS, rng_for,
 };
 use crate::json::{Json, push_digits};
-use crate::rng::{Rng, combine, fnv1a};
+use crate::rng::{Rng, combine, stable_hash};
 
 /// Probability that an ordinary field of an item is `null`.
 const NULL_FIELD: f64 = 0.005;
@@ -169,8 +169,8 @@ pub(crate) struct ItemWriter<'a> {
 impl<'a> ItemWriter<'a> {
     pub(crate) fn new(seed: u64, target: &'a str, mode: &str) -> Self {
         let key = combine(
-            combine(seed ^ ITEM_STREAM, fnv1a(target.as_bytes())),
-            fnv1a(mode.as_bytes()),
+            combine(seed ^ ITEM_STREAM, stable_hash(target.as_bytes())),
+            stable_hash(mode.as_bytes()),
         );
         Self {
             key,

@@ -67,6 +67,7 @@ pub(crate) fn url_path(endpoint: &dyn LiveEndpoint) -> String {
 /// Shared field checks of task objects: `Err(field)` names the first
 /// invalid one. `null` counts as absent, as at the API.
 pub(crate) mod check {
+    use backlinks_model::filter;
     use serde_json::{Map, Value};
 
     fn present<'a>(task: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
@@ -117,40 +118,20 @@ pub(crate) mod check {
     }
 
     /// A filter expression (`["dofollow", "=", true]`, or conditions joined
-    /// by `"and"`/`"or"`, nested) with at most `max_conditions` conditions.
+    /// by `"and"`/`"or"`, nested) in the API's grammar, with at most
+    /// [`filter::MAX_CONDITIONS`] conditions (see [`filter::check`]). The
+    /// API names only the field; the reason is logged.
     pub(crate) fn filters(
         task: &Map<String, Value>,
         field: &'static str,
-        max_conditions: usize,
     ) -> Result<(), &'static str> {
-        match present(task, field) {
-            None => Ok(()),
-            Some(Value::Array(items)) => match conditions(items) {
-                Some(n) if (1..=max_conditions).contains(&n) => Ok(()),
-                _ => Err(field),
-            },
-            Some(_) => Err(field),
-        }
-    }
-
-    /// Counts the conditions of an expression; `None` when it is malformed.
-    fn conditions(items: &[Value]) -> Option<usize> {
-        if let [Value::String(_), Value::String(_), operand] = items {
-            return (!operand.is_array()
-                || operand
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(|v| !v.is_array())))
-            .then_some(1);
-        }
-        let mut count = 0usize;
-        for (i, item) in items.iter().enumerate() {
-            match item {
-                Value::Array(inner) if i % 2 == 0 => count += conditions(inner)?,
-                Value::String(op) if i % 2 == 1 && (op == "and" || op == "or") => {}
-                _ => return None,
+        match present(task, field).map(filter::check) {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(error)) => {
+                tracing::debug!(field, %error, "invalid filter expression");
+                Err(field)
             }
         }
-        (items.len() % 2 == 1).then_some(count)
     }
 
     #[cfg(test)]
@@ -179,21 +160,30 @@ pub(crate) mod check {
         }
 
         #[test]
-        fn filters_count_their_conditions() {
-            let one = task(json!({"f": ["dofollow", "=", true]}));
-            assert_eq!(filters(&one, "f", 8), Ok(()));
-            let joined = task(
+        fn filters_follow_the_shared_grammar() {
+            for good in [
+                json!({"f": ["dofollow", "=", true]}),
+                json!({"f": null}),
+                json!({}),
                 json!({"f": [["dofollow", "=", true], "and", [["rank", ">", 10], "or", ["tld", "in", ["com", "org"]]]]}),
-            );
-            assert_eq!(filters(&joined, "f", 3), Ok(()));
-            assert_eq!(filters(&joined, "f", 2), Err("f"));
+                json!({"f": ["domain_from_country", "in", ["US", "DE"]]}),
+            ] {
+                assert_eq!(filters(&task(good.clone()), "f"), Ok(()), "{good}");
+            }
+            let nine: Vec<Value> = (0..9)
+                .flat_map(|i| [json!(["rank", ">", i]), json!("and")])
+                .take(17)
+                .collect();
             for bad in [
                 json!({"f": []}),
                 json!({"f": [["a", "=", 1], "xor", ["b", "=", 2]]}),
                 json!({"f": "rank > 1"}),
                 json!({"f": [1, 2]}),
+                json!({"f": ["rank", "eq", 1]}),
+                json!({"f": ["domain_from_country", "in", "US"]}),
+                json!({"f": nine}),
             ] {
-                assert_eq!(filters(&task(bad.clone()), "f", 8), Err("f"), "{bad}");
+                assert_eq!(filters(&task(bad.clone()), "f"), Err("f"), "{bad}");
             }
         }
     }

@@ -62,7 +62,7 @@ impl Summary {
             .and_then(|()| check::bool(task, "exclude_internal_backlinks"))
             .and_then(|()| check::int_in(task, "internal_list_limit", 1..=1000))
             .and_then(|()| check::one_of(task, "backlinks_status_type", &["all", "live", "lost"]))
-            .and_then(|()| check::filters(task, "backlinks_filters", 8))
+            .and_then(|()| check::filters(task, "backlinks_filters"))
             .and_then(|()| check::one_of(task, "rank_scale", &["one_hundred", "one_thousand"]))
             .and_then(|()| check::short_string(task, "tag", 255))
             .err()
