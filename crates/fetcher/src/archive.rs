@@ -13,23 +13,36 @@
 //! An [`ArchiveIndex`] maps each request key to where its latest record
 //! lies; the fetcher answers an indexed request from it without calling
 //! the API (resume and replay).
+//!
+//! Records of format 1 (written before request keys were xxh3 hashes) have
+//! a header of their own magic number and a key of an older hash. The
+//! index reads such a record whole and computes its key anew from the
+//! endpoint and request it stores, so a day archived by an older version
+//! still resumes without asking the API again.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backlinks_model::Endpoint;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::{Error, Result};
 
 /// Magic number of the skippable frame that heads every record (the zstd
-/// format reserves 0x184D2A50..=0x184D2A5F for such frames).
-const HEADER_MAGIC: u32 = 0x184D_2A5B;
+/// format reserves 0x184D2A50..=0x184D2A5F for such frames); its key is a
+/// [`request_key`].
+const HEADER_MAGIC: u32 = 0x184D_2A5C;
+/// Magic number of the header of a format-1 record, whose key was computed
+/// by an older hash: the index computes the key anew from the record.
+const LEGACY_HEADER_MAGIC: u32 = 0x184D_2A5B;
+/// The format of the records written now ([`ArchiveRecord::v`]).
+pub const RECORD_VERSION: u32 = 2;
 /// Length of a request key: 32 hexadecimal digits.
 const KEY_LEN: usize = 32;
 /// Payload of the header frame: frame length (u32), cost (f64), key.
@@ -45,7 +58,8 @@ const MAX_FRAME: u32 = 1 << 30;
 /// credentials); `body` is the whole response, as text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveRecord {
-    /// Format version, 1.
+    /// Format version: [`RECORD_VERSION`] (2); 1 for records whose key was
+    /// computed by an older hash.
     pub v: u32,
     pub run_id: String,
     pub endpoint: String,
@@ -63,30 +77,63 @@ pub struct ArchiveRecord {
     pub body: String,
 }
 
-/// A stable identity of a request: a 128-bit FNV-1a hash (two 64-bit
-/// halves with different offsets) of the endpoint name and the request's
-/// JSON, in hexadecimal. The JSON of a task struct is deterministic (fields
-/// in declaration order, maps sorted), so the same request of a later run
-/// has the same key.
-pub fn request_key(endpoint: Endpoint, request_json: &[u8]) -> String {
-    let hash = |mut h: u64| {
-        for b in endpoint
-            .name()
-            .as_bytes()
-            .iter()
-            .chain(b"\n")
-            .chain(request_json)
-        {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h
-    };
+/// A stable identity of a request: the 128-bit xxh3 hash of the endpoint's
+/// name and the request's JSON, as 32 hexadecimal digits.
+///
+/// The JSON is written canonically (object keys sorted, no spaces), so the
+/// key depends only on the request's value: the same task of a later run,
+/// and the `request` stored in an [`ArchiveRecord`], give the same key.
+pub fn request_key(endpoint: Endpoint, request: &serde_json::Value) -> String {
+    key_of(endpoint.name(), request)
+}
+
+fn key_of(endpoint: &str, request: &serde_json::Value) -> String {
+    let mut bytes = Vec::with_capacity(endpoint.len() + 1 + 256);
+    bytes.extend_from_slice(endpoint.as_bytes());
+    bytes.push(b'\n');
+    write_canonical(&mut bytes, request);
     format!(
-        "{:016x}{:016x}",
-        hash(0xcbf2_9ce4_8422_2325),
-        hash(0x6c62_272e_07bb_0142)
+        "{:0width$x}",
+        xxhash_rust::xxh3::xxh3_128(&bytes),
+        width = KEY_LEN
     )
+}
+
+/// `value` as compact JSON with the keys of every object sorted: what
+/// `serde_json::to_vec` writes with its default sorted maps, whatever map
+/// order a feature of `serde_json` may turn on.
+fn write_canonical(out: &mut Vec<u8>, value: &serde_json::Value) {
+    use serde_json::Value;
+    // Writing strings and scalars into a Vec cannot fail.
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, key);
+                out.push(b':');
+                write_canonical(out, item);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
 }
 
 /// The archive file of one run and endpoint inside `dir`.
@@ -94,8 +141,43 @@ pub fn archive_file(dir: &Path, run_id: &str, endpoint: Endpoint) -> PathBuf {
     dir.join(format!("{run_id}__{}.zst", endpoint.name()))
 }
 
-fn io_error(path: &Path, action: &str, e: &std::io::Error) -> Error {
-    Error::Archive(format!("{action} {}: {e}", path.display()))
+fn io_error(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::ArchiveIo {
+        action,
+        path: path.to_path_buf(),
+        source: Arc::new(source),
+    }
+}
+
+/// The bytes of one record: its header frame (with `magic`) and its
+/// record frame. `path` names the file in errors.
+fn encode_record(magic: u32, record: &ArchiveRecord, path: &Path) -> Result<Vec<u8>> {
+    let mut json = serde_json::to_vec(record).map_err(|source| Error::ArchiveEncode {
+        path: path.to_path_buf(),
+        source: Arc::new(source),
+    })?;
+    json.push(b'\n');
+    let frame =
+        zstd::bulk::compress(&json, LEVEL).map_err(io_error(path, "compressing a record for"))?;
+    drop(json);
+    let length = u32::try_from(frame.len())
+        .ok()
+        .filter(|n| *n <= MAX_FRAME)
+        .ok_or_else(|| Error::ArchiveTooBig {
+            path: path.to_path_buf(),
+            bytes: frame.len(),
+        })?;
+    let mut bytes = Vec::with_capacity(8 + HEADER_PAYLOAD + frame.len());
+    bytes.extend_from_slice(&magic.to_le_bytes());
+    bytes.extend_from_slice(&(HEADER_PAYLOAD as u32).to_le_bytes());
+    bytes.extend_from_slice(&length.to_le_bytes());
+    bytes.extend_from_slice(&record.cost.to_le_bytes());
+    let mut key = [b'0'; KEY_LEN];
+    let given = record.key.as_bytes();
+    key[..given.len().min(KEY_LEN)].copy_from_slice(&given[..given.len().min(KEY_LEN)]);
+    bytes.extend_from_slice(&key);
+    bytes.extend_from_slice(&frame);
+    Ok(bytes)
 }
 
 /// Appends the records of one run. Shared by all requests of the run;
@@ -119,7 +201,7 @@ impl ArchiveWriter {
     /// files are opened on the first record of each endpoint).
     pub fn new(dir: impl Into<PathBuf>, run_id: impl Into<String>) -> Result<Self> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, "creating", &e))?;
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir, "creating"))?;
         Ok(Self {
             dir,
             run_id: run_id.into(),
@@ -145,28 +227,8 @@ impl ArchiveWriter {
     /// flushed to the operating system before returning; synced to disk at
     /// most once per second.
     pub fn append(&self, endpoint: Endpoint, record: &ArchiveRecord) -> Result<()> {
-        let mut json = serde_json::to_vec(record)
-            .map_err(|e| Error::Archive(format!("encoding an archive record: {e}")))?;
-        json.push(b'\n');
-        let frame = zstd::bulk::compress(&json, LEVEL)
-            .map_err(|e| Error::Archive(format!("compressing an archive record: {e}")))?;
-        drop(json);
-        let length = u32::try_from(frame.len())
-            .ok()
-            .filter(|n| *n <= MAX_FRAME)
-            .ok_or_else(|| Error::Archive("an answer too big to archive".into()))?;
-        let mut bytes = Vec::with_capacity(8 + HEADER_PAYLOAD + frame.len());
-        bytes.extend_from_slice(&HEADER_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&(HEADER_PAYLOAD as u32).to_le_bytes());
-        bytes.extend_from_slice(&length.to_le_bytes());
-        bytes.extend_from_slice(&record.cost.to_le_bytes());
-        let mut key = [b'0'; KEY_LEN];
-        let given = record.key.as_bytes();
-        key[..given.len().min(KEY_LEN)].copy_from_slice(&given[..given.len().min(KEY_LEN)]);
-        bytes.extend_from_slice(&key);
-        bytes.extend_from_slice(&frame);
-
         let path = archive_file(&self.dir, &self.run_id, endpoint);
+        let bytes = encode_record(HEADER_MAGIC, record, &path)?;
         let mut state = self.lock();
         let file = match state.files.entry(endpoint) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
@@ -175,15 +237,15 @@ impl ArchiveWriter {
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .map_err(|e| io_error(&path, "opening", &e))?,
+                    .map_err(io_error(&path, "opening"))?,
             ),
         };
         file.write_all(&bytes)
             .and_then(|()| file.flush())
-            .map_err(|e| io_error(&path, "writing", &e))?;
+            .map_err(io_error(&path, "writing"))?;
         state.dirty = true;
         if state.last_sync.elapsed() >= SYNC_EVERY {
-            sync(&mut state, &self.dir)?;
+            sync(&mut state, &self.dir, &self.run_id)?;
         }
         Ok(())
     }
@@ -191,7 +253,7 @@ impl ArchiveWriter {
     /// Syncs every file to disk.
     pub fn finish(&self) -> Result<()> {
         let mut state = self.lock();
-        sync(&mut state, &self.dir)
+        sync(&mut state, &self.dir, &self.run_id)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
@@ -200,10 +262,11 @@ impl ArchiveWriter {
     }
 }
 
-fn sync(state: &mut WriterState, dir: &Path) -> Result<()> {
+fn sync(state: &mut WriterState, dir: &Path, run_id: &str) -> Result<()> {
     if state.dirty {
-        for file in state.files.values() {
-            file.sync_data().map_err(|e| io_error(dir, "syncing", &e))?;
+        for (endpoint, file) in &state.files {
+            file.sync_data()
+                .map_err(io_error(&archive_file(dir, run_id, *endpoint), "syncing"))?;
         }
         state.dirty = false;
     }
@@ -251,11 +314,8 @@ impl ArchiveIndex {
     }
 
     fn scan(&mut self, number: usize, path: &Path) -> Result<()> {
-        let mut file = File::open(path).map_err(|e| io_error(path, "opening", &e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| io_error(path, "reading", &e))?
-            .len();
+        let mut file = File::open(path).map_err(io_error(path, "opening"))?;
+        let size = file.metadata().map_err(io_error(path, "reading"))?.len();
         let mut reader = std::io::BufReader::new(&mut file);
         let mut offset = 0u64;
         let mut header = [0u8; 8 + HEADER_PAYLOAD];
@@ -268,17 +328,21 @@ impl ArchiveIndex {
                 .min(header.len());
             reader
                 .read_exact(&mut header[..available])
-                .map_err(|e| io_error(path, "reading", &e))?;
-            let foreign = |header: &[u8]| {
-                Error::Archive(format!(
-                    "{} is not a backlinks archive (or is damaged at byte {offset}, {:02x?})",
-                    path.display(),
-                    &header[..header.len().min(4)]
-                ))
+                .map_err(io_error(path, "reading"))?;
+            let foreign = |header: &[u8]| Error::NotAnArchive {
+                path: path.to_path_buf(),
+                offset,
+                head: header[..header.len().min(4)].to_vec(),
             };
-            if available >= 4 && header[..4] != HEADER_MAGIC.to_le_bytes() {
-                return Err(foreign(&header));
-            }
+            let legacy = if available >= 4 {
+                match u32::from_le_bytes([header[0], header[1], header[2], header[3]]) {
+                    HEADER_MAGIC => false,
+                    LEGACY_HEADER_MAGIC => true,
+                    _ => return Err(foreign(&header)),
+                }
+            } else {
+                false
+            };
             if available < header.len() {
                 self.torn += 1;
                 return Ok(());
@@ -290,16 +354,32 @@ impl ArchiveIndex {
             let length = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
             let mut cost = [0u8; 8];
             cost.copy_from_slice(&header[12..20]);
-            let key = String::from_utf8_lossy(&header[20..]).into_owned();
             let start = offset + header.len() as u64;
             let end = start + u64::from(length);
             if end > size || length > MAX_FRAME {
                 self.torn += 1;
                 return Ok(());
             }
-            reader
-                .seek_relative(i64::from(length))
-                .map_err(|e| io_error(path, "reading", &e))?;
+            offset = end;
+            let key = if legacy {
+                let mut frame = vec![0u8; length as usize];
+                reader
+                    .read_exact(&mut frame)
+                    .map_err(io_error(path, "reading"))?;
+                match legacy_key(&frame, path, start) {
+                    Ok(key) => key,
+                    Err(error) => {
+                        // Not indexed: the request is asked of the API again.
+                        warn!(%error, "skipping an archived answer of the older format");
+                        continue;
+                    }
+                }
+            } else {
+                reader
+                    .seek_relative(i64::from(length))
+                    .map_err(io_error(path, "reading"))?;
+                String::from_utf8_lossy(&header[20..]).into_owned()
+            };
             self.entries.insert(
                 key,
                 Location {
@@ -310,7 +390,6 @@ impl ArchiveIndex {
                 },
             );
             self.records += 1;
-            offset = end;
         }
     }
 
@@ -350,28 +429,54 @@ impl ArchiveIndex {
             return Ok(None);
         };
         let path = &self.files[location.file];
-        let mut file = File::open(path).map_err(|e| io_error(path, "opening", &e))?;
+        let mut file = File::open(path).map_err(io_error(path, "opening"))?;
         file.seek(SeekFrom::Start(location.offset))
-            .map_err(|e| io_error(path, "reading", &e))?;
+            .map_err(io_error(path, "reading"))?;
         let mut frame = vec![0u8; location.length as usize];
         file.read_exact(&mut frame)
-            .map_err(|e| io_error(path, "reading", &e))?;
-        let json = zstd::stream::decode_all(&frame[..]).map_err(|e| {
-            Error::Archive(format!(
-                "{} is damaged at byte {}: {e}",
-                path.display(),
-                location.offset
-            ))
-        })?;
-        let record: ArchiveRecord = serde_json::from_slice(&json).map_err(|e| {
-            Error::Archive(format!(
-                "{} holds an unreadable record at byte {}: {e}",
-                path.display(),
-                location.offset
-            ))
-        })?;
-        Ok(Some(record))
+            .map_err(io_error(path, "reading"))?;
+        decode_record(&frame, path, location.offset).map(Some)
     }
+}
+
+/// The JSON of the record frame at `offset` of `path`.
+fn decompress(frame: &[u8], path: &Path, offset: u64) -> Result<Vec<u8>> {
+    zstd::stream::decode_all(frame).map_err(|source| Error::ArchiveDamaged {
+        path: path.to_path_buf(),
+        offset,
+        source: Arc::new(source),
+    })
+}
+
+/// The record of the record frame at `offset` of `path`.
+fn decode_record(frame: &[u8], path: &Path, offset: u64) -> Result<ArchiveRecord> {
+    serde_json::from_slice(&decompress(frame, path, offset)?).map_err(|source| {
+        Error::ArchiveUnreadable {
+            path: path.to_path_buf(),
+            offset,
+            source: Arc::new(source),
+        }
+    })
+}
+
+/// The [`request_key`] of a format-1 record, whose header holds a key of
+/// an older hash: computed from the endpoint and request the record holds.
+fn legacy_key(frame: &[u8], path: &Path, offset: u64) -> Result<String> {
+    /// The fields of a record the key is made of.
+    #[derive(Deserialize)]
+    struct Keyed {
+        endpoint: String,
+        request: serde_json::Value,
+    }
+    let keyed: Keyed =
+        serde_json::from_slice(&decompress(frame, path, offset)?).map_err(|source| {
+            Error::ArchiveUnreadable {
+                path: path.to_path_buf(),
+                offset,
+                source: Arc::new(source),
+            }
+        })?;
+    Ok(key_of(&keyed.endpoint, &keyed.request))
 }
 
 /// Every `*.zst` file directly inside `dir`, sorted by name (run ids are
@@ -380,11 +485,11 @@ pub fn archive_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error(dir, "listing", &e)),
+        Err(e) => return Err(io_error(dir, "listing")(e)),
     };
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| io_error(dir, "listing", &e))?.path();
+        let path = entry.map_err(io_error(dir, "listing"))?.path();
         if path.extension().is_some_and(|x| x == "zst") && path.is_file() {
             files.push(path);
         }
@@ -394,14 +499,14 @@ pub fn archive_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn record(run_id: &str, target: &str, page: i64, cost: f64) -> ArchiveRecord {
         let request = serde_json::json!({"target": target, "offset": page * 10});
-        let key = request_key(Endpoint::Backlinks, request.to_string().as_bytes());
+        let key = request_key(Endpoint::Backlinks, &request);
         ArchiveRecord {
-            v: 1,
+            v: RECORD_VERSION,
             run_id: run_id.into(),
             endpoint: "backlinks".into(),
             target: target.into(),
@@ -419,14 +524,119 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_tell_requests_apart() {
-        let a = request_key(Endpoint::Summary, br#"{"target":"a.com"}"#);
-        assert_eq!(a, request_key(Endpoint::Summary, br#"{"target":"a.com"}"#));
+        let request = serde_json::json!({"target": "a.com", "limit": 1000, "filters": ["dofollow", "=", true]});
+        let a = request_key(Endpoint::Summary, &request);
+        // A fixed value (xxh3-128 of `summary\n{"filters":["dofollow","=",true],"limit":1000,"target":"a.com"}`,
+        // computed independently): a key that changed between versions
+        // would make a resume ask the API again for every answer it has.
+        assert_eq!(a, "2e903720c6c9772887b9b4c5a9564e19");
+        assert_eq!(a, request_key(Endpoint::Summary, &request.clone()));
         assert_eq!(a.len(), KEY_LEN);
-        assert_ne!(
-            a,
-            request_key(Endpoint::Backlinks, br#"{"target":"a.com"}"#)
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, request_key(Endpoint::Backlinks, &request));
+        let mut other = request.clone();
+        other["target"] = "b.com".into();
+        assert_ne!(a, request_key(Endpoint::Summary, &other));
+        other["target"] = "a.com".into();
+        other["limit"] = 999.into();
+        assert_ne!(a, request_key(Endpoint::Summary, &other));
+        // Only the value counts, not how its JSON was laid out.
+        let relaid: serde_json::Value = serde_json::from_str(
+            r#"{ "filters": ["dofollow","=",true], "limit": 1000, "target": "a.com" }"#,
+        )
+        .unwrap();
+        assert_eq!(a, request_key(Endpoint::Summary, &relaid));
+    }
+
+    #[test]
+    fn the_canonical_json_is_what_serde_json_writes_with_sorted_maps() {
+        let value = serde_json::json!({
+            "z": [1, 2.5, -3, null, "é\"\n"],
+            "a": {"y": {}, "b": [], "x": 1e300},
+            "m": false,
+        });
+        let mut canonical = Vec::new();
+        write_canonical(&mut canonical, &value);
+        assert_eq!(canonical, serde_json::to_vec(&value).unwrap());
+        assert_eq!(
+            String::from_utf8(canonical).unwrap(),
+            r#"{"a":{"b":[],"x":1e+300,"y":{}},"m":false,"z":[1,2.5,-3,null,"é\"\n"]}"#
         );
-        assert_ne!(a, request_key(Endpoint::Summary, br#"{"target":"b.com"}"#));
+    }
+
+    /// Appends `record` as an older version wrote it: a format-1 header
+    /// with a key of the older hash (never looked at now).
+    pub(crate) fn append_format_1(path: &Path, record: &ArchiveRecord) {
+        let mut old = record.clone();
+        old.v = 1;
+        old.key = "8d5f0e2ab64c1f3e0c7a9d1e2f3a4b5c".into();
+        let bytes = encode_record(LEGACY_HEADER_MAGIC, &old, path).unwrap();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        file.write_all(&bytes).unwrap();
+    }
+
+    #[test]
+    fn records_of_the_older_format_are_found_by_their_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_path = archive_file(dir.path(), "run1", Endpoint::Backlinks);
+        let records: Vec<_> = (0..3).map(|p| record("run1", "a.com", p, 0.02)).collect();
+        for r in &records {
+            append_format_1(&old_path, r);
+        }
+        // The same archive holds a record the older version could not
+        // finish writing.
+        let mut torn = Vec::new();
+        torn.extend_from_slice(&LEGACY_HEADER_MAGIC.to_le_bytes());
+        torn.extend_from_slice(&[0; 6]);
+        OpenOptions::new()
+            .append(true)
+            .open(&old_path)
+            .unwrap()
+            .write_all(&torn)
+            .unwrap();
+        // A later run of the new version answers page 1 again.
+        let writer = ArchiveWriter::new(dir.path(), "run2").unwrap();
+        let again = record("run2", "a.com", 1, 0.05);
+        writer.append(Endpoint::Backlinks, &again).unwrap();
+        writer.finish().unwrap();
+
+        let index = ArchiveIndex::build(&archive_files(dir.path()).unwrap()).unwrap();
+        assert_eq!((index.records(), index.len(), index.torn()), (4, 3, 1));
+        let found = index.get(&records[0].key).unwrap().unwrap();
+        assert_eq!((found.v, found.page, found.cost), (1, 0, 0.02));
+        assert_eq!(found.body, records[0].body);
+        assert_eq!(index.cost(&records[2].key), Some(0.02));
+        assert_eq!(index.get(&records[1].key).unwrap().unwrap(), again);
+    }
+
+    #[test]
+    fn an_older_record_that_cannot_be_read_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = archive_file(dir.path(), "run1", Endpoint::Backlinks);
+        let good = record("run1", "a.com", 0, 0.02);
+        append_format_1(&path, &good);
+        let mut bad = encode_record(
+            LEGACY_HEADER_MAGIC,
+            &record("run1", "a.com", 1, 0.02),
+            &path,
+        )
+        .unwrap();
+        // The record frame is not zstd any more.
+        bad[8 + HEADER_PAYLOAD..].fill(0xff);
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&bad)
+            .unwrap();
+        append_format_1(&path, &record("run1", "a.com", 2, 0.02));
+        let index = ArchiveIndex::build(&[path]).unwrap();
+        assert_eq!((index.records(), index.len(), index.torn()), (2, 2, 0));
+        assert!(index.contains(&good.key));
     }
 
     #[test]
@@ -489,7 +699,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.zst");
         std::fs::write(&path, zstd::bulk::compress(&[b'x'; 100], 3).unwrap()).unwrap();
-        let err = ArchiveIndex::build(&[path]).unwrap_err().to_string();
+        let err = ArchiveIndex::build(&[path]).unwrap_err();
+        assert!(
+            matches!(&err, Error::NotAnArchive { offset: 0, head, .. } if head[..] == [0x28, 0xb5, 0x2f, 0xfd]),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("x.zst is not a backlinks archive"), "{err}");
     }
 }

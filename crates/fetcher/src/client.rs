@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter, request_key};
-use crate::{Budget, Error, FetcherConfig, Pacer, Result};
+use crate::archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter, RECORD_VERSION, request_key};
+use crate::{Budget, Error, FetcherConfig, Pacer, Result, error_chain};
 
 /// A successful answer, ready for the normalizer.
 #[derive(Debug, Clone)]
@@ -94,7 +94,9 @@ struct Request<'a> {
     page: i64,
     /// The task's JSON (the request body without the enclosing array).
     json: &'a [u8],
-    /// [`request_key`] of the endpoint and `json`.
+    /// The same JSON as a value, as the archive stores it.
+    value: &'a serde_json::Value,
+    /// [`request_key`] of the endpoint and `value`.
     key: &'a str,
     /// Estimated cost of one attempt, reserved from the budget.
     estimate: f64,
@@ -108,6 +110,8 @@ struct Verdict {
     message: String,
     task_id: Option<String>,
     cost: f64,
+    /// The transport error, when there was no answer.
+    cause: Option<reqwest::Error>,
 }
 
 impl Fetcher {
@@ -121,7 +125,7 @@ impl Fetcher {
             .connect_timeout(std::time::Duration::from_secs(15))
             .pool_max_idle_per_host(config.max_in_flight as usize)
             .build()
-            .map_err(|e| Error::Client(e.without_url().to_string()))?;
+            .map_err(|e| Error::Client(Arc::new(e.without_url())))?;
         Ok(Self {
             client,
             pacer: Pacer::new(config.requests_per_minute),
@@ -238,9 +242,15 @@ impl Fetcher {
             error: None,
             replayed: false,
         };
-        let result = match serde_json::to_vec(task) {
-            Ok(json) => {
-                let key = request_key(endpoint, &json);
+        // The key is computed from the JSON as a value, the form the
+        // archive stores the request in.
+        let encoded = serde_json::to_vec(task).and_then(|json| {
+            let value: serde_json::Value = serde_json::from_slice(&json)?;
+            Ok((json, value))
+        });
+        let result = match encoded {
+            Ok((json, value)) => {
+                let key = request_key(endpoint, &value);
                 match self.answer_from_archive(&key, &mut record) {
                     Some(result) => result,
                     None if self.offline => Err(Error::NotArchived),
@@ -250,6 +260,7 @@ impl Fetcher {
                             target,
                             page,
                             json: &json,
+                            value: &value,
                             key: &key,
                             estimate,
                         };
@@ -257,14 +268,15 @@ impl Fetcher {
                     }
                 }
             }
-            Err(e) => Err(Error::Client(format!("encoding the task: {e}"))),
+            Err(e) => Err(Error::EncodeTask(Arc::new(e))),
         };
         record.latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Err(e) = &result {
-            record.error = Some(e.to_string());
+            let error = error_chain(e);
             if !matches!(e, Error::Cancelled | Error::BudgetExhausted { .. }) {
-                warn!(%endpoint, target, page, attempts = record.attempts, error = %e, "request failed");
+                warn!(%endpoint, target, page, attempts = record.attempts, %error, "request failed");
             }
+            record.error = Some(error);
         }
         Exchange { record, result }
     }
@@ -280,7 +292,7 @@ impl Fetcher {
             Ok(Some(archived)) => archived,
             Ok(None) => return None,
             Err(e) => {
-                warn!(target = record.target, page = record.page, error = %e, "could not read the archived answer; asking the API");
+                warn!(target = record.target, page = record.page, error = %error_chain(&e), "could not read the archived answer; asking the API");
                 return None;
             }
         };
@@ -322,13 +334,13 @@ impl Fetcher {
             return;
         };
         let entry = ArchiveRecord {
-            v: 1,
+            v: RECORD_VERSION,
             run_id: archive.run_id().to_owned(),
             endpoint: request.endpoint.name().to_owned(),
             target: request.target.to_owned(),
             page: request.page,
             key: request.key.to_owned(),
-            request: serde_json::from_slice(request.json).unwrap_or_default(),
+            request: request.value.clone(),
             http_status: record.http_status,
             status_code: record.status_code,
             task_id: fetched.task_id.clone(),
@@ -339,10 +351,10 @@ impl Fetcher {
         let endpoint = request.endpoint;
         let written = tokio::task::spawn_blocking(move || archive.append(endpoint, &entry))
             .await
-            .unwrap_or_else(|e| Err(Error::Archive(format!("the archive writer failed: {e}"))));
+            .unwrap_or_else(|e| Err(Error::ArchiveWriter(Arc::new(e))));
         if let Err(e) = written {
             self.counters.archive_errors.fetch_add(1, Ordering::Relaxed);
-            warn!(endpoint = %request.endpoint, target = request.target, page = request.page, error = %e, "could not archive the answer");
+            warn!(endpoint = %request.endpoint, target = request.target, page = request.page, error = %error_chain(&e), "could not archive the answer");
         }
     }
 
@@ -360,6 +372,7 @@ impl Fetcher {
         let url = format!("{}{}", self.config.base_url, endpoint.path());
         let policy = &self.config.retry;
         let mut last = String::new();
+        let mut last_cause = None;
         for attempt in 1..=policy.max_attempts.max(1) {
             if attempt > 1 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -391,14 +404,15 @@ impl Fetcher {
                     record.bytes += bytes.len() as u64;
                     (judge(status, &bytes), Some(bytes))
                 }
-                Err(message) => (
+                Err(error) => (
                     Verdict {
                         outcome: Outcome::Transient,
                         http_status: None,
                         status_code: None,
-                        message,
+                        message: transport_failure(&error).to_owned(),
                         task_id: None,
                         cost: 0.0,
+                        cause: Some(error.without_url()),
                     },
                     None,
                 ),
@@ -466,16 +480,22 @@ impl Fetcher {
                 }
             }
             last = describe(&verdict);
+            last_cause = verdict.cause;
             drop(permit);
         }
         Err(Error::Exhausted {
             attempts: record.attempts,
             last,
+            cause: last_cause.map(Arc::new),
         })
     }
 
     /// One HTTP exchange: the status and the whole body, or why not.
-    async fn send_once(&self, url: &str, body: Bytes) -> std::result::Result<(u16, Bytes), String> {
+    async fn send_once(
+        &self,
+        url: &str,
+        body: Bytes,
+    ) -> std::result::Result<(u16, Bytes), reqwest::Error> {
         let response = self
             .client
             .post(url)
@@ -483,10 +503,9 @@ impl Fetcher {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
+            .await?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| transport_error(&e))?;
+        let bytes = response.bytes().await?;
         Ok((status, bytes))
     }
 
@@ -500,10 +519,11 @@ impl Fetcher {
     }
 }
 
-/// A transport error, without the URL (which never holds credentials here,
-/// but keeps messages short) and with its cause chain.
-fn transport_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
+/// What kind of transport failure `e` is, for messages. The error itself
+/// (without the URL, which never holds credentials here but makes messages
+/// long) is kept as the cause.
+fn transport_failure(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "could not connect"
@@ -511,15 +531,7 @@ fn transport_error(e: &reqwest::Error) -> String {
         "broken response body"
     } else {
         "transport error"
-    };
-    let mut message = kind.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
     }
-    message
 }
 
 fn describe(v: &Verdict) -> String {
@@ -539,6 +551,7 @@ fn judge(http_status: u16, body: &[u8]) -> Verdict {
         message: String::new(),
         task_id: None,
         cost: 0.0,
+        cause: None,
     };
     let envelope = decode_envelope::<IgnoredAny>("api", body);
     if http_status != 200 {
@@ -559,6 +572,8 @@ fn judge(http_status: u16, body: &[u8]) -> Verdict {
         Ok(env) => env,
         Err(e) => {
             verdict.outcome = Outcome::Transient;
+            // Kept as a message cut like the API's own: the decoding error
+            // quotes the path of keys in the body, which the API chooses.
             verdict.message = short(&e.to_string()).into();
             return verdict;
         }
@@ -670,14 +685,14 @@ mod tests {
     async fn archived_answers_are_replayed_without_the_network() {
         let dir = tempfile::tempdir().unwrap();
         let task = serde_json::json!({"target": "a.com", "limit": 10});
-        let key = request_key(Endpoint::Summary, &serde_json::to_vec(&task).unwrap());
+        let key = request_key(Endpoint::Summary, &task);
         let writer = ArchiveWriter::new(dir.path(), "r1").unwrap();
         let body = r#"{"status_code":20000,"tasks":[{"id":"t1","status_code":40102,"cost":0.02}]}"#;
         writer
             .append(
                 Endpoint::Summary,
                 &ArchiveRecord {
-                    v: 1,
+                    v: RECORD_VERSION,
                     run_id: "r1".into(),
                     endpoint: "summary".into(),
                     target: "a.com".into(),
@@ -722,6 +737,109 @@ mod tests {
         let stats = fetcher.stats();
         assert_eq!((stats.replayed, stats.attempts), (1, 0));
         assert!((fetcher.replayed_cost() - 0.02).abs() < 1e-12);
+    }
+
+    /// A task as the pipeline sends it: a struct whose fields are not in
+    /// alphabetical order.
+    #[derive(Serialize)]
+    struct Task {
+        target: &'static str,
+        limit: u32,
+        offset: u32,
+        filters: Vec<serde_json::Value>,
+    }
+
+    #[tokio::test]
+    async fn a_day_archived_by_an_older_version_still_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = |offset| Task {
+            target: "a.com",
+            limit: 1000,
+            offset,
+            filters: vec!["dofollow".into(), "=".into(), true.into()],
+        };
+        let body = r#"{"status_code":20000,"tasks":[{"id":"t1","status_code":20000,"cost":0.02}]}"#;
+        // What the older version stored: the task's JSON read back as a
+        // value, and a key of its older hash (which is not looked at).
+        let path = crate::archive::archive_file(dir.path(), "r0", Endpoint::Backlinks);
+        for offset in [0, 1000] {
+            let json = serde_json::to_vec(&task(offset)).unwrap();
+            let request: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            crate::archive::tests::append_format_1(
+                &path,
+                &ArchiveRecord {
+                    v: 1,
+                    run_id: "r0".into(),
+                    endpoint: "backlinks".into(),
+                    target: "a.com".into(),
+                    page: i64::from(offset / 1000),
+                    key: String::new(),
+                    request,
+                    http_status: Some(200),
+                    status_code: Some(20000),
+                    task_id: Some("t1".into()),
+                    cost: 0.02,
+                    fetched_at: Utc::now(),
+                    body: body.into(),
+                },
+            );
+        }
+        let files = crate::archive::archive_files(dir.path()).unwrap();
+        let index = Arc::new(ArchiveIndex::build(&files).unwrap());
+        let fetcher = Fetcher::new(offline_config(), CancellationToken::new())
+            .unwrap()
+            .with_replay(index)
+            .offline();
+        for (page, offset) in [(0, 0), (1, 1000)] {
+            let hit = fetcher
+                .post(Endpoint::Backlinks, "a.com", page, &task(offset))
+                .await;
+            let fetched = hit.result.unwrap();
+            assert!(fetched.replayed);
+            assert_eq!(&fetched.body[..], body.as_bytes());
+        }
+        let miss = fetcher
+            .post(Endpoint::Backlinks, "a.com", 2, &task(2000))
+            .await;
+        assert!(matches!(miss.result, Err(Error::NotArchived)));
+        assert_eq!((fetcher.stats().replayed, fetcher.stats().attempts), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn a_transport_failure_is_kept_as_the_source() {
+        let mut config = offline_config();
+        config.retry = crate::RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: std::time::Duration::from_millis(1),
+            max_backoff: std::time::Duration::from_millis(1),
+        };
+        let fetcher = Fetcher::new(config, CancellationToken::new()).unwrap();
+        let task = serde_json::json!({"target": "a.com"});
+        let exchange = fetcher.post(Endpoint::Summary, "a.com", 0, &task).await;
+        let err = exchange.result.unwrap_err();
+        let Error::Exhausted {
+            attempts: 2,
+            last,
+            cause: Some(cause),
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(last, "could not connect");
+        assert!(cause.is_connect(), "{cause:?}");
+        assert!(cause.url().is_none(), "the URL is left out");
+        let source = std::error::Error::source(&err).unwrap();
+        // Sources are behind an `Arc`, so that errors stay `Clone`.
+        let source = source.downcast_ref::<Arc<reqwest::Error>>().unwrap();
+        assert!(source.is_connect());
+        // The ledger gets the whole chain, each message once.
+        let ledger = exchange.record.error.unwrap();
+        assert!(
+            ledger.starts_with(&format!("{err}: ")) && ledger.len() > err.to_string().len(),
+            "{ledger}"
+        );
+        assert_eq!(ledger.matches(&cause.to_string()).count(), 1, "{ledger}");
+        assert!(!ledger.contains("127.0.0.1:9/"), "{ledger}");
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@ mod budget;
 mod client;
 mod pacer;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter};
@@ -36,8 +38,12 @@ pub use pacer::Pacer;
 
 use backlinks_model::Secret;
 
-/// Errors of one request (all attempts together). Messages quote the API's
-/// status code and message, never credentials.
+/// Errors of one request (all attempts together), and of the raw archive.
+/// Messages quote the API's status code and message, never credentials.
+/// An error that another one caused carries it as its
+/// [`source`](std::error::Error::source), behind an `Arc` so that errors
+/// stay `Clone` (downcast to `Arc<reqwest::Error>`, `Arc<std::io::Error>`,
+/// …); the message shows the source's own message, not its sources in turn.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Authentication, payment or account state: the run must stop.
@@ -48,15 +54,26 @@ pub enum Error {
     /// The request is wrong; sending it again would not help.
     #[error("request refused: the API answered {code} `{message}`")]
     BadRequest { code: i64, message: String },
-    /// Every attempt failed with a retryable error.
-    #[error("gave up after {attempts} attempts; last error: {last}")]
-    Exhausted { attempts: u32, last: String },
+    /// Every attempt failed with a retryable error. `last` says how the
+    /// last attempt failed: the API's code and message, or the kind of
+    /// transport failure (`timed out`, `could not connect`, …), whose
+    /// error (without the URL) is then `cause`.
+    #[error("gave up after {attempts} attempts; last error: {last}{}", suffix(.cause.as_deref()))]
+    Exhausted {
+        attempts: u32,
+        last: String,
+        #[source]
+        cause: Option<Arc<reqwest::Error>>,
+    },
     /// The run was stopped (Ctrl-C, account problem elsewhere) first.
     #[error("cancelled before an answer arrived")]
     Cancelled,
     /// The HTTP client could not be built (TLS backend, bad settings).
     #[error("building the HTTP client: {0}")]
-    Client(String),
+    Client(#[source] Arc<reqwest::Error>),
+    /// The task could not be written as JSON.
+    #[error("encoding the task: {0}")]
+    EncodeTask(#[source] Arc<serde_json::Error>),
     /// Sending would have pushed the spend past the cap; nothing was sent
     /// and the run stops dispatching.
     #[error("spend cap of ${cap:.5} reached: ${spent:.5} spent")]
@@ -64,9 +81,77 @@ pub enum Error {
     /// Offline (replay) and the archive holds no answer to this request.
     #[error("not in the archive (replay sends no request)")]
     NotArchived,
-    /// The raw archive could not be read or written (names the file).
-    #[error("raw archive: {0}")]
-    Archive(String),
+    /// A file or directory of the raw archive could not be created, opened,
+    /// listed, read, written or synced; `action` says which.
+    #[error("raw archive: {action} {}: {source}", .path.display())]
+    ArchiveIo {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A record could not be written as JSON.
+    #[error("raw archive: encoding a record for {}: {source}", .path.display())]
+    ArchiveEncode {
+        path: PathBuf,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// An answer whose compressed record is larger than a record may be.
+    #[error("raw archive: an answer of {bytes} compressed bytes is too big to archive in {}", .path.display())]
+    ArchiveTooBig { path: PathBuf, bytes: usize },
+    /// A file among the archives that is not one (or is damaged at
+    /// `offset`, where `head` are the first bytes found).
+    #[error(
+        "raw archive: {} is not a backlinks archive (or is damaged at byte {offset}, {head:02x?})",
+        .path.display()
+    )]
+    NotAnArchive {
+        path: PathBuf,
+        offset: u64,
+        head: Vec<u8>,
+    },
+    /// The record frame at `offset` does not decompress.
+    #[error("raw archive: {} is damaged at byte {offset}: {source}", .path.display())]
+    ArchiveDamaged {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The record at `offset` decompresses but is not a record.
+    #[error("raw archive: {} holds an unreadable record at byte {offset}: {source}", .path.display())]
+    ArchiveUnreadable {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// The blocking task writing an answer to the archive panicked.
+    #[error("raw archive: the archive writer failed: {0}")]
+    ArchiveWriter(#[source] Arc<tokio::task::JoinError>),
+}
+
+/// `: <message of cause>`, or nothing.
+fn suffix(cause: Option<&reqwest::Error>) -> String {
+    cause.map(|c| format!(": {c}")).unwrap_or_default()
+}
+
+/// An error and its sources on one line, `a: b: c`, for the ledger and
+/// logs. A source whose message the error's own message already ends with
+/// is not repeated.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = source.source();
+    }
+    out
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
