@@ -7,7 +7,9 @@
 //! column and appending the value in place (strings are copied once, from the
 //! body into the column). Fields an item lacks become nulls, a repeated key
 //! is ignored, and unknown keys are kept verbatim (borrowed raw JSON) in
-//! `extra`.
+//! `extra`: the item's own, those of `ranked_keywords_info` under that name,
+//! and those of the hops of `indirect_link_path` as an array with one object
+//! per hop (`{"indirect_link_path":[{},{"delay_ms":5}]}`).
 //!
 //! Decoding runs without path tracking; only when it fails is the page
 //! decoded again with `serde_path_to_error` to name the bad value's JSON path
@@ -43,7 +45,7 @@ pub struct BacklinksPageRows {
     /// One row per hop of the items' `indirect_link_path`.
     pub redirects: RecordBatch,
     /// Fields of the items the schema does not know (kept in `extra`), by
-    /// name (`ranked_keywords_info.<name>` and `indirect_link_path.<name>`
+    /// name (`ranked_keywords_info.<name>` and `indirect_link_path[].<name>`
     /// for nested ones), with the number of items (or hops) carrying them.
     pub unknown_fields: UnknownFields,
     /// The result's `total_count`: items of the target in total.
@@ -61,15 +63,18 @@ pub struct BacklinksPageRows {
 /// order of the page. `task_id` is the page's own task id from the body (or
 /// `ctx.task_id` when the body has none). A task whose `result` or `items`
 /// is `null` or empty yields zero rows with `total_count` as given. A value
-/// of the wrong type or a bad date is an [`Error::Decode`] naming the target
+/// of the wrong type or a bad date is an [`Error::Json`] naming the target
 /// and the JSON path of the value.
 pub fn backlinks_page_rows(
     ctx: &RowContext<'_>,
     first_position: i64,
     body: &[u8],
 ) -> Result<BacklinksPageRows> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| decode_error(ctx, ".".into(), format!("the body is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(body).map_err(|source| Error::NotUtf8 {
+        target: ctx.key.target.to_string(),
+        endpoint: ENDPOINT,
+        source,
+    })?;
     let mut page = Page::new(ctx, first_position);
     let mut de = serde_json::Deserializer::from_str(text);
     let decoded = EnvelopeSeed(&mut page)
@@ -85,20 +90,14 @@ pub fn backlinks_page_rows(
             Err(e) => e,
             Ok(()) => first,
         };
-        return Err(decode_error(ctx, track.path().to_string(), e.to_string()));
+        return Err(Error::Json {
+            target: ctx.key.target.to_string(),
+            endpoint: ENDPOINT,
+            path: track.path().to_string(),
+            source: e,
+        });
     }
     page.finish()
-}
-
-fn decode_error(ctx: &RowContext<'_>, path: String, message: String) -> Error {
-    Error::Decode {
-        target: ctx.key.target.to_string(),
-        source: backlinks_model::Error::Decode {
-            endpoint: ENDPOINT,
-            path,
-            message,
-        },
-    }
 }
 
 /// Everything one decode of a body collects.
@@ -536,7 +535,8 @@ impl<'c> PageBuilder<'c> {
             }
         }
 
-        if item.unknown.is_empty() && item.ranked_unknown.is_empty() {
+        let path = &item.path_unknown;
+        if item.unknown.is_empty() && item.ranked_unknown.is_empty() && path.members.is_empty() {
             self.extra.append_null();
         } else {
             for (name, _) in &item.unknown {
@@ -545,17 +545,38 @@ impl<'c> PageBuilder<'c> {
             for (name, _) in &item.ranked_unknown {
                 self.count_unknown(BACKLINK_RANKED_KEYWORDS.0, name);
             }
+            for (name, _) in &path.members {
+                self.count_unknown(HOP_UNKNOWN_PARENT, name);
+            }
             self.buf.clear();
             self.buf.push('{');
             write_members(&mut self.buf, &item.unknown);
+            let mut comma = !item.unknown.is_empty();
             if !item.ranked_unknown.is_empty() {
-                if !item.unknown.is_empty() {
+                if comma {
                     self.buf.push(',');
                 }
+                comma = true;
                 push_json_str(&mut self.buf, BACKLINK_RANKED_KEYWORDS.0);
                 self.buf.push_str(":{");
                 write_members(&mut self.buf, &item.ranked_unknown);
                 self.buf.push('}');
+            }
+            if !path.members.is_empty() {
+                if comma {
+                    self.buf.push(',');
+                }
+                push_json_str(&mut self.buf, BACKLINK_INDIRECT_PATH.0);
+                self.buf.push_str(":[");
+                for hop in 0..path.hops {
+                    if hop > 0 {
+                        self.buf.push(',');
+                    }
+                    self.buf.push('{');
+                    write_members(&mut self.buf, path.of_hop(hop));
+                    self.buf.push('}');
+                }
+                self.buf.push(']');
             }
             self.buf.push('}');
             self.extra.append_value(&self.buf);
@@ -622,7 +643,7 @@ impl<'c> PageBuilder<'c> {
 }
 
 /// `"name":value` pairs, comma separated.
-fn write_members(buf: &mut String, members: &[(Cow<'_, str>, &RawValue)]) {
+fn write_members(buf: &mut String, members: &[Member<'_>]) {
     for (i, (name, value)) in members.iter().enumerate() {
         if i > 0 {
             buf.push(',');
@@ -654,20 +675,84 @@ fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
+/// An unknown member: its name and raw JSON value, borrowed from the body.
+type Member<'de> = (Cow<'de, str>, &'de RawValue);
+
 /// Unknown members of the item being decoded, borrowed from the body.
 #[derive(Default)]
 struct ItemScratch<'de> {
-    unknown: Vec<(Cow<'de, str>, &'de RawValue)>,
-    ranked_unknown: Vec<(Cow<'de, str>, &'de RawValue)>,
+    unknown: Vec<Member<'de>>,
+    ranked_unknown: Vec<Member<'de>>,
+    path_unknown: HopMembers<'de>,
 }
 
-/// Unknown members are kept once per item: a repeated key is ignored.
+impl ItemScratch<'_> {
+    fn clear(&mut self) {
+        self.unknown.clear();
+        self.ranked_unknown.clear();
+        self.path_unknown.members.clear();
+        self.path_unknown.starts.clear();
+        self.path_unknown.hops = 0;
+    }
+}
+
+/// The name under which unknown fields of redirect hops are counted:
+/// `indirect_link_path[].<name>`.
+const HOP_UNKNOWN_PARENT: &str = "indirect_link_path[]";
+
+/// Unknown members of the hops of the item's `indirect_link_path`.
+#[derive(Default)]
+struct HopMembers<'de> {
+    /// The members of every hop, hop after hop.
+    members: Vec<Member<'de>>,
+    /// `(hop, index of its first member in members)` for each hop that has
+    /// unknown members, in hop order.
+    starts: Vec<(usize, usize)>,
+    /// How many hops the path has.
+    hops: usize,
+}
+
+impl<'de> HopMembers<'de> {
+    /// The unknown members of hop `hop` (none for most hops).
+    fn of_hop(&self, hop: usize) -> &[Member<'de>] {
+        let Some(i) = self.starts.iter().position(|&(h, _)| h == hop) else {
+            return &[];
+        };
+        let start = self.starts[i].1;
+        let end = self
+            .starts
+            .get(i + 1)
+            .map_or(self.members.len(), |&(_, next)| next);
+        &self.members[start..end]
+    }
+
+    /// Keeps the unknown member `name` of hop `hop`, the hop being decoded.
+    fn keep<A: MapAccess<'de>>(
+        &mut self,
+        map: &mut A,
+        hop: usize,
+        name: Cow<'de, str>,
+    ) -> std::result::Result<(), A::Error> {
+        let start = match self.starts.last() {
+            Some(&(h, start)) if h == hop => start,
+            _ => {
+                self.starts.push((hop, self.members.len()));
+                self.members.len()
+            }
+        };
+        keep_unknown(map, &mut self.members, start, name)
+    }
+}
+
+/// Unknown members are kept once per object: a key repeated among
+/// `kept[from..]` (the members of the same object) is ignored.
 fn keep_unknown<'de, A: MapAccess<'de>>(
     map: &mut A,
-    kept: &mut Vec<(Cow<'de, str>, &'de RawValue)>,
+    kept: &mut Vec<Member<'de>>,
+    from: usize,
     name: Cow<'de, str>,
 ) -> std::result::Result<(), A::Error> {
-    if kept.iter().any(|(n, _)| *n == name) {
+    if kept[from..].iter().any(|(n, _)| *n == name) {
         map.next_value::<IgnoredAny>()?;
     } else {
         let value: &'de RawValue = map.next_value()?;
@@ -772,15 +857,14 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
         let page = self.page;
         let scratch = self.scratch;
-        scratch.unknown.clear();
-        scratch.ranked_unknown.clear();
+        scratch.clear();
         let mut seen = 0u64;
         let mut hint = 0;
         while let Some(key) = map.next_key_seed(KeySeed { hint })? {
             let i = match key {
                 Key::Known(i) => i,
                 Key::Unknown(name) => {
-                    keep_unknown(&mut map, &mut scratch.unknown, name)?;
+                    keep_unknown(&mut map, &mut scratch.unknown, 0, name)?;
                     continue;
                 }
             };
@@ -796,7 +880,10 @@ impl<'de> Visitor<'de> for ItemSeed<'_, '_, '_, 'de> {
                     counts: &mut page.ranked,
                     unknown: &mut scratch.ranked_unknown,
                 })?,
-                Slot::Path => map.next_value_seed(PathSeed(page))?,
+                Slot::Path => map.next_value_seed(PathSeed {
+                    page,
+                    unknown: &mut scratch.path_unknown,
+                })?,
             }
         }
         page.end_item(seen, scratch);
@@ -1041,7 +1128,7 @@ impl<'de> Visitor<'de> for TextListValue<'_> {
 /// `ranked_keywords_info`: an object of three counts, or null.
 struct RankedSeed<'a, 'de> {
     counts: &'a mut [Int64Builder; 3],
-    unknown: &'a mut Vec<(Cow<'de, str>, &'de RawValue)>,
+    unknown: &'a mut Vec<Member<'de>>,
 }
 
 impl<'de> DeserializeSeed<'de> for RankedSeed<'_, 'de> {
@@ -1071,7 +1158,7 @@ impl<'de> Visitor<'de> for RankedSeed<'_, 'de> {
                 Some(_) => {
                     map.next_value::<IgnoredAny>()?;
                 }
-                None => keep_unknown(&mut map, self.unknown, name)?,
+                None => keep_unknown(&mut map, self.unknown, 0, name)?,
             }
         }
         for (i, count) in self.counts.iter_mut().enumerate() {
@@ -1089,9 +1176,12 @@ impl<'de> Visitor<'de> for RankedSeed<'_, 'de> {
 }
 
 /// `indirect_link_path`: an array of hops, or null.
-struct PathSeed<'p, 'c>(&'p mut PageBuilder<'c>);
+struct PathSeed<'p, 'c, 'u, 'de> {
+    page: &'p mut PageBuilder<'c>,
+    unknown: &'u mut HopMembers<'de>,
+}
 
-impl<'de> DeserializeSeed<'de> for PathSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for PathSeed<'_, '_, '_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
@@ -1099,7 +1189,7 @@ impl<'de> DeserializeSeed<'de> for PathSeed<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for PathSeed<'_, '_> {
+impl<'de> Visitor<'de> for PathSeed<'_, '_, '_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1107,11 +1197,12 @@ impl<'de> Visitor<'de> for PathSeed<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        let position = self.0.position();
-        let mut hop = 0i64;
+        let position = self.page.position();
+        let mut hop = 0usize;
         while seq
             .next_element_seed(HopSeed {
-                page: self.0,
+                page: &mut *self.page,
+                unknown: &mut *self.unknown,
                 position,
                 hop,
             })?
@@ -1119,33 +1210,40 @@ impl<'de> Visitor<'de> for PathSeed<'_, '_> {
         {
             hop += 1;
         }
-        self.0.hops.append_value(hop);
+        self.unknown.hops = hop;
+        // Hops are counted in one body: far below i64::MAX.
+        self.page
+            .hops
+            .append_value(i64::try_from(hop).unwrap_or(i64::MAX));
         Ok(())
     }
 
     fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.0.hops.append_null();
+        self.page.hops.append_null();
         Ok(())
     }
 }
 
 /// One hop of `indirect_link_path`: one `backlink_redirects` row. A `null`
-/// hop is a row of nulls, so that hops keep their index.
-struct HopSeed<'p, 'c> {
+/// hop is a row of nulls, so that hops keep their index. Its unknown
+/// members go to the item's `extra`.
+struct HopSeed<'p, 'c, 'u, 'de> {
     page: &'p mut PageBuilder<'c>,
+    unknown: &'u mut HopMembers<'de>,
     position: i64,
-    hop: i64,
+    hop: usize,
 }
 
-impl HopSeed<'_, '_> {
+impl HopSeed<'_, '_, '_, '_> {
     fn start_row(&mut self) {
         let r = &mut self.page.redirects;
         r.position.append_value(self.position);
-        r.hop.append_value(self.hop);
+        r.hop
+            .append_value(i64::try_from(self.hop).unwrap_or(i64::MAX));
     }
 }
 
-impl<'de> DeserializeSeed<'de> for HopSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for HopSeed<'_, '_, '_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
@@ -1153,7 +1251,7 @@ impl<'de> DeserializeSeed<'de> for HopSeed<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for HopSeed<'_, '_> {
+impl<'de> Visitor<'de> for HopSeed<'_, '_, '_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1165,8 +1263,7 @@ impl<'de> Visitor<'de> for HopSeed<'_, '_> {
         let mut seen = 0u8;
         while let Some(name) = map.next_key_seed(NameSeed)? {
             let Some(i) = REDIRECT_KEYS.iter().position(|k| *k == name) else {
-                self.page.count_unknown(BACKLINK_INDIRECT_PATH.0, &name);
-                map.next_value::<IgnoredAny>()?;
+                self.unknown.keep(&mut map, self.hop, name)?;
                 continue;
             };
             if seen & (1 << i) != 0 {
@@ -1354,7 +1451,7 @@ mod tests {
         assert_eq!(
             unknown,
             [
-                ("indirect_link_path.delay_ms".to_string(), 1),
+                ("indirect_link_path[].delay_ms".to_string(), 1),
                 ("link_quality_v2".to_string(), 1),
                 (
                     "ranked_keywords_info.page_from_keywords_count_top_1000".to_string(),
@@ -1372,7 +1469,7 @@ mod tests {
             .column_by_name("extra")
             .unwrap()
             .as_string::<i32>();
-        assert_eq!(extra.null_count(), 3);
+        assert_eq!(extra.null_count(), 2);
         let value: serde_json::Value = serde_json::from_str(extra.value(1)).unwrap();
         assert_eq!(
             value,
@@ -1380,6 +1477,82 @@ mod tests {
                 "link_quality_v2": {"score": 0.87, "why": ["a", "b"]},
                 "ranked_keywords_info": {"page_from_keywords_count_top_1000": 12}
             })
+        );
+        let value: serde_json::Value = serde_json::from_str(extra.value(3)).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"indirect_link_path": [{}, {"delay_ms": 5}, {}]})
+        );
+    }
+
+    #[test]
+    fn unknown_fields_of_redirect_hops_are_kept_in_extra_and_counted() {
+        let items = r#"[
+          {"type":"backlink","is_indirect_link":true,
+           "indirect_link_path":[
+             {"type":"redirect","status_code":301,"url":"http://a.example/","new_field":{"x":[1,2]}},
+             null,
+             {"type":"canonical","new_field":"second","new_field":"repeated","via":"html"}],
+           "surprise":1},
+          {"type":"backlink","ranked_keywords_info":{"page_from_keywords_count_top_3":1,"top_5":2},
+           "indirect_link_path":[{"url":"http://b.example/","new_field":null}]},
+          {"type":"backlink","indirect_link_path":[{"type":"redirect","status_code":302,"url":"u"}]}
+        ]"#;
+        let rows = rows_at(0, &page(items)).unwrap();
+        let extra = rows
+            .backlinks
+            .column_by_name("extra")
+            .unwrap()
+            .as_string::<i32>();
+        let json = |i: usize| serde_json::from_str::<serde_json::Value>(extra.value(i)).unwrap();
+        assert_eq!(
+            json(0),
+            serde_json::json!({
+                "surprise": 1,
+                "indirect_link_path": [
+                    {"new_field": {"x": [1, 2]}},
+                    {},
+                    {"new_field": "second", "via": "html"}
+                ]
+            })
+        );
+        assert_eq!(
+            json(1),
+            serde_json::json!({
+                "ranked_keywords_info": {"top_5": 2},
+                "indirect_link_path": [{"new_field": null}]
+            })
+        );
+        assert!(
+            extra.is_null(2),
+            "a path without unknown fields adds nothing"
+        );
+        let unknown: Vec<_> = rows.unknown_fields.into_iter().collect();
+        assert_eq!(
+            unknown,
+            [
+                ("indirect_link_path[].new_field".to_string(), 3),
+                ("indirect_link_path[].via".to_string(), 1),
+                ("ranked_keywords_info.top_5".to_string(), 1),
+                ("surprise".to_string(), 1),
+            ]
+        );
+        // The known hop fields still land in backlink_redirects.
+        assert_eq!(rows.redirects.num_rows(), 5);
+        let url = rows
+            .redirects
+            .column_by_name("url")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(
+            url.iter().collect::<Vec<_>>(),
+            [
+                Some("http://a.example/"),
+                None,
+                None,
+                Some("http://b.example/"),
+                Some("u")
+            ]
         );
     }
 
@@ -1572,6 +1745,13 @@ mod tests {
             err.to_string().contains("tasks[0].result[0].total_count"),
             "{err}"
         );
+        // The JSON error is kept as the source, not only as text.
+        let source = std::error::Error::source(&err).expect("a source");
+        let json = source
+            .downcast_ref::<serde_json::Error>()
+            .expect("a serde_json error");
+        assert_eq!(json.classify(), serde_json::error::Category::Data);
+        assert!(err.to_string().ends_with(&json.to_string()), "{err}");
     }
 
     #[test]
@@ -1587,9 +1767,12 @@ mod tests {
             task_id: None,
             cost: 0.0,
         };
-        let err = backlinks_page_rows(&ctx, 0, &bytes)
-            .unwrap_err()
-            .to_string();
+        let err = backlinks_page_rows(&ctx, 0, &bytes).unwrap_err();
+        let utf8 = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<std::str::Utf8Error>())
+            .expect("the UTF-8 error is the source");
+        assert_eq!(utf8.valid_up_to(), at);
+        let err = err.to_string();
         assert!(err.contains("example.com"), "{err}");
         assert!(
             err.contains(&format!(

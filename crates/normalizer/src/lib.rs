@@ -26,14 +26,35 @@ use chrono::{DateTime, Utc};
 pub use backlinks::{BacklinksPageRows, backlinks_page_rows};
 pub use summary::{SummaryRows, summary_rows};
 
-/// Errors while turning a response into rows. Each names the target.
+/// Errors while turning a response into rows. Each names the target and
+/// keeps the error it comes from as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A value the data contract does not allow (summary responses, dates).
     #[error("target `{target}`: {source}")]
     Decode {
         target: String,
         #[source]
         source: backlinks_model::Error,
+    },
+    /// A response body that is not UTF-8.
+    #[error("target `{target}`: malformed {endpoint} response: the body is not UTF-8: {source}")]
+    NotUtf8 {
+        target: String,
+        endpoint: &'static str,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    /// A response body that is not the JSON the API documents; `path` is
+    /// the JSON path of the offending value
+    /// (`tasks[0].result[0].items[12].first_seen`).
+    #[error("target `{target}`: malformed {endpoint} response at `{path}`: {source}")]
+    Json {
+        target: String,
+        endpoint: &'static str,
+        path: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("target `{target}`: building {dataset} rows: {source}")]
     Arrow {
