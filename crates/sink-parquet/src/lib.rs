@@ -11,7 +11,7 @@
 //! size, so memory stays bounded however many batches arrive.
 //!
 //! Every file is written under a temporary name in its final directory,
-//! `.<name>.parquet.tmp-<uuid>` (hidden from `*.parquet` globs), then fsync'd
+//! `.<name>.parquet.tmp-<random>` (hidden from `*.parquet` globs), then fsync'd
 //! and renamed into place, and the directory fsync'd: a reader sees the
 //! previous file or the new one whole, never a part. Dropping a staged
 //! partition or file without committing removes its temporary files and
@@ -46,11 +46,18 @@ pub enum Error {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
-    /// A batch does not have the dataset's schema.
+    /// A batch does not have the dataset's columns (names or count).
     #[error("dataset {dataset}: batch does not match the dataset schema: {message}")]
     Schema {
         dataset: &'static str,
         message: String,
+    },
+    /// Arrow refused the batch's columns under the dataset's schema: a type
+    /// that differs, or a null in a non-null column.
+    #[error("dataset {dataset}: batch does not match the dataset schema: {source}")]
+    SchemaRefused {
+        dataset: &'static str,
+        source: arrow::error::ArrowError,
     },
     /// A partition was given a batch of a dataset it did not name at `begin`.
     #[error("dataset {dataset} was not named when the partition of target {target} began")]
@@ -707,6 +714,7 @@ mod tests {
                 name.starts_with(".nightly__example.com.parquet.tmp-"),
                 "{name}"
             );
+            assert!(!name.ends_with(".parquet"), "{name}");
             assert!(name.len() < 255);
         }
         drop(abandoned);
@@ -724,6 +732,31 @@ mod tests {
             "example.com",
         ));
         assert_eq!(rows.num_rows(), 0);
+    }
+
+    #[test]
+    fn a_rename_that_fails_leaves_no_temporary_file() {
+        let root = tempfile::tempdir().unwrap();
+        let sink = ParquetSink::new(root.path()).unwrap();
+        // A directory where the file should land: the rename fails.
+        let dest = partition_path(root.path(), Dataset::Summary, "example.com");
+        fs::create_dir_all(&dest).unwrap();
+        let mut staged = sink
+            .begin(&key("example.com"), &[Dataset::Summary])
+            .unwrap();
+        staged
+            .write(Dataset::Summary, &summary("example.com", 1))
+            .unwrap();
+        staged.prepare().unwrap();
+        assert_eq!(temp_files(root.path()).len(), 1);
+        let err = staged.commit().unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { action: "replacing", path, .. } if path == &dest),
+            "{err:?}"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(temp_files(root.path()), Vec::<PathBuf>::new());
+        assert!(dest.is_dir());
     }
 
     #[test]
@@ -841,7 +874,7 @@ mod tests {
                 .write(Dataset::Summary, &summary("example.com", 2))
                 .unwrap_err();
             assert!(
-                matches!(&err, Error::Io { action: "creating", path, .. } if path.starts_with(&dir)),
+                matches!(&err, Error::Io { action: "creating a temporary file in", path, .. } if path == &dir),
                 "{err:?}"
             );
             assert!(err.to_string().contains(&*dir.to_string_lossy()), "{err}");
@@ -990,7 +1023,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                Error::Schema {
+                Error::SchemaRefused {
                     dataset: "requests",
                     ..
                 }
@@ -998,6 +1031,8 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("endpoint"), "{err}");
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(source.is::<arrow::error::ArrowError>(), "{source:?}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! One Parquet file on its way into place: written under a temporary name,
 //! closed and fsync'd, renamed onto its final name, or removed if abandoned.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
@@ -13,6 +13,7 @@ use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use tempfile::TempPath;
 
 use crate::{Error, Result};
 
@@ -32,16 +33,17 @@ const ZSTD_LEVEL: i32 = 3;
 /// The key of the file metadata entry that names the dataset.
 pub(crate) const DATASET_METADATA_KEY: &str = "backlinks.dataset";
 
-/// A file being written at `tmp`, to be renamed to `dest`.
+/// A file being written under a temporary name, to be renamed to `dest`.
 #[derive(Debug)]
 pub(crate) struct PendingFile {
     pub(crate) dataset: Dataset,
     dest: PathBuf,
-    tmp: PathBuf,
-    /// Opened on the first write (or on close, for a file with no rows).
+    /// The temporary file, created on the first write (or on close, for a
+    /// file with no rows): `<dir>/.<stem>.parquet.tmp-<random>`, hidden
+    /// from `*.parquet` globs. Removed when dropped before its rename.
+    tmp: Option<TempPath>,
+    /// Writes into the file at `tmp`.
     writer: Option<ArrowWriter<File>>,
-    /// Whether `tmp` exists and belongs to us: removed on drop.
-    on_disk: bool,
     /// Set when writing failed part way: the file is abandoned.
     failed: bool,
     /// Set once the footer is written and the file fsync'd.
@@ -50,20 +52,27 @@ pub(crate) struct PendingFile {
 }
 
 impl PendingFile {
-    /// A file `<dir>/<stem>.parquet`, written at `<dir>/.<stem>.parquet.tmp-<uuid>`.
+    /// A file `<dir>/<stem>.parquet`, written at
+    /// `<dir>/.<stem>.parquet.tmp-<random>`.
     pub(crate) fn new(dataset: Dataset, dir: &Path, stem: &str) -> Self {
-        let name = format!("{stem}.parquet");
-        let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::now_v7().simple()));
         Self {
             dataset,
-            dest: dir.join(name),
-            tmp,
+            dest: dir.join(format!("{stem}.parquet")),
+            tmp: None,
             writer: None,
-            on_disk: false,
             failed: false,
             closed: false,
             rows: 0,
         }
+    }
+
+    /// The path of the temporary file, for messages (the final path before
+    /// the file exists).
+    fn tmp_path(&self) -> PathBuf {
+        self.tmp
+            .as_deref()
+            .unwrap_or(self.dest.as_path())
+            .to_path_buf()
     }
 
     /// The final path of the file.
@@ -101,17 +110,18 @@ impl PendingFile {
     }
 
     fn write_inner(&mut self, batch: &RecordBatch) -> Result<()> {
-        let tmp = self.tmp.clone();
         let writer = self.open()?;
-        writer.write(batch).map_err(|source| Error::Parquet {
-            path: tmp.clone(),
+        let result = writer.write(batch).and_then(|()| {
+            if writer.in_progress_size() > FLUSH_BYTES {
+                writer.flush()
+            } else {
+                Ok(())
+            }
+        });
+        result.map_err(|source| Error::Parquet {
+            path: self.tmp_path(),
             source,
         })?;
-        if writer.in_progress_size() > FLUSH_BYTES {
-            writer
-                .flush()
-                .map_err(|source| Error::Parquet { path: tmp, source })?;
-        }
         self.rows += batch.num_rows() as u64;
         Ok(())
     }
@@ -137,12 +147,12 @@ impl PendingFile {
             return Ok(());
         };
         let file = writer.into_inner().map_err(|source| Error::Parquet {
-            path: self.tmp.clone(),
+            path: self.tmp_path(),
             source,
         })?;
         file.sync_all().map_err(|source| Error::Io {
             action: "syncing",
-            path: self.tmp.clone(),
+            path: self.tmp_path(),
             source,
         })
     }
@@ -151,13 +161,22 @@ impl PendingFile {
     /// previous file whole.
     pub(crate) fn persist(&mut self) -> Result<()> {
         self.check_usable()?;
-        fs::rename(&self.tmp, &self.dest).map_err(|source| Error::Io {
-            action: "replacing",
-            path: self.dest.clone(),
-            source,
-        })?;
-        self.on_disk = false;
-        Ok(())
+        let Some(tmp) = self.tmp.take() else {
+            // Closing creates the file: only a failed close leaves none,
+            // and that is refused above.
+            return Err(Error::Abandoned {
+                path: self.dest.clone(),
+            });
+        };
+        tmp.persist(&self.dest).map_err(|e| {
+            // Still ours: removed on drop.
+            self.tmp = Some(e.path);
+            Error::Io {
+                action: "replacing",
+                path: self.dest.clone(),
+                source: e.error,
+            }
+        })
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -174,26 +193,35 @@ impl PendingFile {
     fn open(&mut self) -> Result<&mut ArrowWriter<File>> {
         let writer = match self.writer.take() {
             Some(writer) => writer,
-            None => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&self.tmp)
-                    .map_err(|source| Error::Io {
-                        action: "creating",
-                        path: self.tmp.clone(),
-                        source,
-                    })?;
-                self.on_disk = true;
-                let parquet = |source| Error::Parquet {
-                    path: self.tmp.clone(),
-                    source,
-                };
-                let props = properties(self.dataset).map_err(parquet)?;
-                ArrowWriter::try_new(file, self.dataset.schema(), Some(props)).map_err(parquet)?
-            }
+            None => self.create()?,
         };
         Ok(self.writer.insert(writer))
+    }
+
+    /// Creates the temporary file in the final directory and a writer
+    /// into it.
+    fn create(&mut self) -> Result<ArrowWriter<File>> {
+        let name = self.dest.file_name().unwrap_or_default().to_string_lossy();
+        let dir = self.dir();
+        // A leading `.` hides the file from `*.parquet` globs; the name ends
+        // in random characters, never in `.parquet`.
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&format!(".{name}.tmp-"))
+            .rand_bytes(12)
+            .tempfile_in(dir)
+            .map_err(|source| Error::Io {
+                action: "creating a temporary file in",
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .into_parts();
+        self.tmp = Some(path);
+        let parquet = |source| Error::Parquet {
+            path: self.tmp_path(),
+            source,
+        };
+        let props = properties(self.dataset).map_err(parquet)?;
+        ArrowWriter::try_new(file, self.dataset.schema(), Some(props)).map_err(parquet)
     }
 }
 
@@ -201,11 +229,12 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         // Close the handle before removing the file.
         drop(self.writer.take());
-        if self.on_disk {
-            if let Err(error) = fs::remove_file(&self.tmp) {
+        if let Some(tmp) = self.tmp.take() {
+            let path = tmp.to_path_buf();
+            if let Err(error) = tmp.close() {
                 if error.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(
-                        path = %self.tmp.display(),
+                        path = %path.display(),
                         %error,
                         "could not remove an abandoned temporary parquet file"
                     );
@@ -309,5 +338,8 @@ fn conform(dataset: Dataset, batch: &RecordBatch) -> Result<RecordBatch> {
             )));
         }
     }
-    RecordBatch::try_new(schema, batch.columns().to_vec()).map_err(|e| error(e.to_string()))
+    RecordBatch::try_new(schema, batch.columns().to_vec()).map_err(|source| Error::SchemaRefused {
+        dataset: dataset.name(),
+        source,
+    })
 }

@@ -1,6 +1,8 @@
 //! File names of partitions: a pipeline and a target turned into a name that
 //! is safe on every file system, reversible while short, and bounded.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 /// The longest stem [`file_stem`] returns, in bytes. With `.parquet` and the
 /// temporary prefix and suffix a name stays well under the 255 bytes file
 /// systems allow.
@@ -8,6 +10,10 @@ pub const MAX_STEM_BYTES: usize = 200;
 
 /// Length of the `~` + 16 hex digits that end a shortened stem.
 const HASH_SUFFIX_BYTES: usize = 17;
+
+/// The bytes that are percent-encoded: all but `A-Z a-z 0-9 . - _` (and
+/// every non-ASCII byte, which `percent_encoding` always encodes).
+const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
 
 /// The file stem of a partition: `<pipeline>__<target>`, both percent-encoded.
 ///
@@ -25,9 +31,9 @@ const HASH_SUFFIX_BYTES: usize = 17;
 /// by the encoding itself).
 pub fn file_stem(pipeline: &str, target: &str) -> String {
     let mut stem = String::with_capacity(pipeline.len() + target.len() + 2);
-    encode_into(&mut stem, pipeline);
+    stem.extend(utf8_percent_encode(pipeline, ENCODED));
     stem.push_str("__");
-    encode_into(&mut stem, target);
+    stem.extend(utf8_percent_encode(target, ENCODED));
     if stem.starts_with('.') {
         stem.replace_range(..1, "%2E");
     }
@@ -51,22 +57,10 @@ pub fn file_stem(pipeline: &str, target: &str) -> String {
     stem
 }
 
-/// Whether `byte` is kept as is in a file name.
+/// Whether `byte` is kept as is in a file name: the complement of
+/// [`ENCODED`] (a test holds the two together).
 fn is_kept(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'_')
-}
-
-fn encode_into(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &byte in value.as_bytes() {
-        if is_kept(byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
-    }
 }
 
 /// Whether a caller-given stem is safe as a file name: not empty, at most
@@ -114,20 +108,10 @@ mod tests {
 
     /// The inverse of the encoding, for stems that were not shortened.
     fn decode(encoded: &str) -> String {
-        let bytes = encoded.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
-                out.push(u8::from_str_radix(hex, 16).unwrap());
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).unwrap()
+        percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .unwrap()
+            .into_owned()
     }
 
     fn fnv(bytes: &[u8]) -> u64 {
@@ -141,6 +125,25 @@ mod tests {
         assert_eq!(fnv(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn exactly_letters_digits_dot_dash_and_underscore_are_kept() {
+        for byte in 0..=u8::MAX {
+            let kept = byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-' | b'_');
+            assert_eq!(is_kept(byte), kept, "{byte:#04x}");
+            let encoded: String = percent_encoding::percent_encode(&[byte], ENCODED).collect();
+            let expected = if kept {
+                char::from(byte).to_string()
+            } else {
+                format!("%{byte:02X}")
+            };
+            assert_eq!(encoded, expected, "{byte:#04x}");
+            if byte.is_ascii() {
+                let stem = file_stem("p", &char::from(byte).to_string());
+                assert_eq!(stem, format!("p__{expected}"), "{byte:#04x}");
+            }
+        }
     }
 
     #[test]
