@@ -29,6 +29,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::catalog::Catalog;
+pub use crate::connect::RedactedError;
 use crate::copy::{copy_in, quote_ident};
 pub use crate::partition::PgPartition;
 
@@ -38,10 +39,26 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 /// What went wrong in the Postgres sink.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The database URL was invalid or no connection could be made. The
-    /// message names host, database and user, never the password.
-    #[error("{0}")]
-    Connect(String),
+    /// The database URL is not one the driver accepts. The driver's
+    /// error is kept (redacted) only when the password could be taken out
+    /// of it.
+    #[error(
+        "the database URL is not valid (expected postgres://user:password@host:port/database){}",
+        suffix(.source.as_ref())
+    )]
+    InvalidUrl {
+        #[source]
+        source: Option<RedactedError>,
+    },
+    /// No connection could be made. `place` names database, host, port and
+    /// user, never the password; the driver's error and its sources are
+    /// kept with the password taken out of every message.
+    #[error("cannot connect to {place}: {source}")]
+    Connect {
+        place: String,
+        #[source]
+        source: RedactedError,
+    },
     /// Applying the migrations failed.
     #[error("the database migrations could not be applied")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -74,9 +91,20 @@ pub enum Error {
     #[error("{table} is not a partitioned dataset")]
     NotPartitioned { table: &'static str },
     /// The task loading an open partition ended before its commit without
-    /// an error of its own (it panicked); nothing of the partition landed.
-    #[error("the load of {partition} stopped before its commit: {reason}")]
-    LoadStopped { partition: String, reason: String },
+    /// an error of its own (it panicked: `source`); nothing of the
+    /// partition landed.
+    #[error("the load of {partition} stopped before its commit: {reason}{}", suffix(.source.as_ref()))]
+    LoadStopped {
+        partition: String,
+        reason: &'static str,
+        #[source]
+        source: Option<tokio::task::JoinError>,
+    },
+}
+
+/// `: <message of source>`, or nothing.
+fn suffix(source: Option<&impl std::fmt::Display>) -> String {
+    source.map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 /// The sink's result type.

@@ -209,14 +209,19 @@ impl PgPartition {
             Ok(Ok(Some(loaded))) => Ok(loaded),
             Ok(Err(e)) => Err(e),
             Ok(Ok(None)) => Err(self.stopped("it ended early")),
-            Err(e) => Err(self.stopped(&e.to_string())),
+            Err(e) => Err(Error::LoadStopped {
+                partition: describe(&self.key),
+                reason: "its task failed",
+                source: Some(e),
+            }),
         }
     }
 
-    fn stopped(&self, reason: &str) -> Error {
+    fn stopped(&self, reason: &'static str) -> Error {
         Error::LoadStopped {
             partition: describe(&self.key),
-            reason: reason.to_owned(),
+            reason,
+            source: None,
         }
     }
 }

@@ -843,21 +843,50 @@ async fn connect_errors_never_show_the_password(pool: PgPool) {
     let password = "pw-Never-Shown-42";
     let cases = [
         // A role the server does not know.
-        format!("postgres://no_such_role_x7:{password}@{host}:{port}/postgres"),
+        (
+            format!("postgres://no_such_role_x7:{password}@{host}:{port}/postgres"),
+            "connect",
+        ),
         // Nobody listening.
-        format!("postgres://postgres:{password}@127.0.0.1:1/warehouse"),
+        (
+            format!("postgres://postgres:{password}@127.0.0.1:1/warehouse"),
+            "connect",
+        ),
         // Not a URL the driver accepts.
-        format!("postgres://postgres:{password}@{host}:notaport/warehouse"),
+        (
+            format!("postgres://postgres:{password}@{host}:notaport/warehouse"),
+            "invalid",
+        ),
+        // A URL, but a setting the driver refuses, quoting its value.
+        (
+            format!("postgres://postgres:{password}@{host}:{port}/w?sslmode=x{password}"),
+            "invalid with cause",
+        ),
     ];
-    for url in cases {
+    for (url, expected) in cases {
         let err = PgSink::connect(&Secret::new(url.as_str()), 2)
             .await
             .err()
             .unwrap();
-        let message = format!("{err} {err:?}");
-        assert!(matches!(err, Error::Connect(_)), "{message}");
+        // Every message of the chain, and the debug form.
+        let mut message = format!("{err:?}");
+        let mut next: Option<&dyn std::error::Error> = Some(&err);
+        while let Some(e) = next {
+            message.push_str(&format!(" / {e}"));
+            next = e.source();
+        }
+        let kind = match &err {
+            Error::Connect { .. } => "connect",
+            Error::InvalidUrl { source: None } => "invalid",
+            Error::InvalidUrl { source: Some(_) } => "invalid with cause",
+            _ => "other",
+        };
+        assert_eq!(kind, expected, "{message}");
         assert!(!message.contains(password), "{message}");
         assert!(!message.contains("Never-Shown"), "{message}");
+        if expected == "invalid with cause" {
+            assert!(message.contains("x***"), "{message}");
+        }
     }
     let err = PgSink::connect(
         &Secret::new(format!(
@@ -873,6 +902,15 @@ async fn connect_errors_never_show_the_password(pool: PgPool) {
             .starts_with("cannot connect to database warehouse on 127.0.0.1:1 as user postgres: "),
         "{err}"
     );
+    // The driver's chain is kept, redacted: down to the refused socket.
+    let mut depth = 0;
+    let mut next = std::error::Error::source(&err);
+    while let Some(e) = next {
+        assert!(e.is::<RedactedError>());
+        depth += 1;
+        next = e.source();
+    }
+    assert!(depth >= 1, "{err:?}");
 }
 
 #[sqlx::test(migrations = "../../migrations")]
