@@ -94,11 +94,11 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The CSV reader failed on a record.
-    #[error("{}:{line}: {message}", path.display())]
+    #[error("{}:{line}: {source}", path.display())]
     Csv {
         path: PathBuf,
         line: u64,
-        message: String,
+        source: csv::Error,
     },
     /// The header names no `target` column (or the file is empty).
     #[error(
@@ -225,12 +225,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_line() {
+        let mut records = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(&b"a,b\nc\n"[..])
+            .into_records();
+        assert!(records.next().unwrap().is_ok());
+        let source = records.next().unwrap().unwrap_err();
         let err = Error::Csv {
             path: PathBuf::from("targets.csv"),
             line: 7,
-            message: "bad record".into(),
+            source,
         };
-        assert_eq!(err.to_string(), "targets.csv:7: bad record");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("targets.csv:7: CSV error: "),
+            "{message}"
+        );
+        assert!(message.contains("found record with 1 fields"), "{message}");
+        let source = std::error::Error::source(&err).unwrap();
+        assert!(source.is::<csv::Error>(), "{source:?}");
         let err = Error::MissingColumn {
             path: PathBuf::from("t.csv"),
             headers: (0..25).map(|i| format!("c{i}")).collect(),

@@ -137,7 +137,7 @@ fn next_record(
             return Error::Csv {
                 path: path.to_path_buf(),
                 line,
-                message: e.to_string(),
+                source: e,
             };
         }
         match e.into_kind() {
@@ -145,10 +145,10 @@ fn next_record(
                 path: path.to_path_buf(),
                 source,
             },
-            kind => Error::Csv {
+            // Not reached: `is_io_error` said it is one.
+            kind => Error::Io {
                 path: path.to_path_buf(),
-                line,
-                message: format!("{kind:?}"),
+                source: std::io::Error::other(format!("{kind:?}")),
             },
         }
     })
