@@ -5,12 +5,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use backlinks_fetcher::ArchiveIndex;
-use backlinks_fetcher::archive::archive_files;
+use backlinks_model::ledger::RunStatus;
+use backlinks_pipeline::state::{self, ArchiveIndex};
+use backlinks_pipeline::targets;
 use chrono::{NaiveDate, Utc};
 
-use crate::run::{load_spec, load_targets};
-use crate::{exit, state};
+use crate::exit;
+use crate::run::load_spec;
 
 /// `backlinks status`: the runs of one pipeline and date, the archive, and
 /// the failed units of the latest run.
@@ -20,8 +21,7 @@ pub fn status(pipeline: &Path, as_of: Option<NaiveDate>) -> anyhow::Result<u8> {
     let runs_dir = state::runs_dir(&spec.state_dir, &spec.name, date);
     let archive_dir = state::archive_dir(&spec.state_dir, &spec.name, date);
     let manifests = state::read_manifests(&runs_dir)?;
-    let files = archive_files(&archive_dir)?;
-    let index = ArchiveIndex::build(&files)?;
+    let index = state::archive_index(&archive_dir)?;
     print!(
         "{}",
         render_status(&spec.name, date, &manifests, &index, &runs_dir, pipeline)?
@@ -45,7 +45,7 @@ fn render_status(
     }
     for m in manifests {
         let status = if m.finished() {
-            m.status.clone()
+            m.status.to_string()
         } else {
             "running or crashed (no end recorded)".into()
         };
@@ -108,8 +108,11 @@ fn render_status(
                 pipeline.display()
             );
         } else if matches!(
-            latest.status.as_str(),
-            "interrupted" | "budget_exhausted" | "partial" | "failed"
+            latest.status,
+            RunStatus::Interrupted
+                | RunStatus::BudgetExhausted
+                | RunStatus::Partial
+                | RunStatus::Failed
         ) {
             let _ = writeln!(
                 w,
@@ -125,7 +128,7 @@ fn render_status(
 /// table, without calling the API.
 pub async fn estimate(pipeline: &Path, targets: Option<&Path>) -> anyhow::Result<u8> {
     let (_, spec) = load_spec(pipeline, targets, false)?;
-    let list = load_targets(&spec).await?;
+    let list = targets::load(&spec).await?;
     let n = list.targets.len() as u64;
     let mut out = String::new();
     let w = &mut out;

@@ -1,21 +1,21 @@
-//! `backlinks`: the pipeline's binary. It wires the stages together: reads a
-//! pipeline file, schedules work units, fetches through the paced client,
-//! normalizes responses into Arrow batches and lands them in Parquet and
-//! Postgres, then prints a one-screen summary. `anyhow` lives only here.
+//! `backlinks`: the pipeline's binary. It parses the arguments, reads the
+//! pipeline file and the environment, drives the engine
+//! (`backlinks-pipeline`), draws progress, prints the summary and maps
+//! the outcome to an exit code. `anyhow` lives only here.
 
-mod config;
 mod credentials;
 mod inspect;
-mod report;
 mod run;
-mod sinks;
-mod state;
+mod sandbox;
+mod summary;
 
 use std::io::IsTerminal;
+#[cfg(feature = "sandbox")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[cfg(feature = "sandbox")]
 use anyhow::Context;
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -157,6 +157,7 @@ enum Command {
     /// Apply the database migrations to DATABASE_URL.
     Migrate,
     /// Serve the local imitation of the API until Ctrl-C.
+    #[cfg(feature = "sandbox")]
     Sandbox {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -235,7 +236,10 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!("{e:#}"),
                 LogFormat::Text => eprintln!("error: {e:#}"),
             }
-            if e.downcast_ref::<InputError>().is_some() {
+            let input = e.downcast_ref::<InputError>().is_some()
+                || e.downcast_ref::<backlinks_pipeline::Error>()
+                    .is_some_and(|e| e.kind() == backlinks_pipeline::ErrorKind::Input);
+            if input {
                 ExitCode::from(exit::BAD_INPUT)
             } else {
                 ExitCode::from(exit::PARTIAL)
@@ -246,7 +250,14 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => {
+            let source = run::Source::Fetch {
+                refetch: args.refetch,
+                retry_failed: args.retry_failed,
+                max_cost: args.max_cost,
+            };
+            run::execute(args, source).await
+        }
         Command::Validate {
             pipeline,
             explain,
@@ -269,7 +280,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 retry_failed: false,
                 max_cost: None,
             };
-            run::execute(args, run::Mode::Replay { run_id }).await
+            run::execute(args, run::Source::Replay { run_id }).await
         }
         Command::Status { pipeline, as_of } => inspect::status(&pipeline, as_of),
         Command::Estimate { pipeline, targets } => {
@@ -277,13 +288,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::Migrate => {
             let url = credentials::database_url()?;
-            let sink = backlinks_sink_postgres::PgSink::connect(&url, 1)
-                .await
-                .context("connecting to postgres")?;
-            sink.migrate().await.context("applying migrations")?;
+            backlinks_pipeline::sinks::migrate(&url).await?;
             println!("migrations applied");
             Ok(exit::OK)
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox {
             listen,
             seed,

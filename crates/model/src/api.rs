@@ -207,6 +207,10 @@ impl FromStr for BacklinksMode {
     }
 }
 
+/// The largest `offset` backlinks/live accepts; an item past it is reached
+/// only through the previous page's `search_after_token`.
+pub const BACKLINKS_MAX_OFFSET: u64 = 20_000;
+
 /// One task of `POST /v3/backlinks/backlinks/live`. Fields left `None` are
 /// not sent, so the API applies its defaults (mode `as_is`, limit 100,
 /// offset 0).

@@ -42,9 +42,7 @@ pub struct RunRecord {
     pub snapshot_date: chrono::NaiveDate,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `succeeded`, `partial`, `failed`, `interrupted`,
-    /// `account_error` or `budget_exhausted`.
-    pub status: String,
+    pub status: RunStatus,
     pub units_total: i64,
     pub units_ok: i64,
     pub units_failed: i64,
@@ -64,4 +62,75 @@ pub struct RunRecord {
     pub replayed: i64,
     /// What those answers cost when earlier runs fetched them, in USD.
     pub replayed_cost_usd: f64,
+}
+
+/// Where a run stands: `running` until it ends, then its outcome. Stored
+/// as the snake_case name in the `runs` table and the run manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Started and not ended (or crashed: nothing recorded its end).
+    Running,
+    /// Every unit landed.
+    Succeeded,
+    /// Some units failed or were not run; what succeeded landed.
+    Partial,
+    /// Every unit that ran failed.
+    Failed,
+    /// Stopped by a signal; re-running resumes it.
+    Interrupted,
+    /// The account refused (authentication, payment): the run stopped.
+    AccountError,
+    /// The spend cap stopped dispatching.
+    BudgetExhausted,
+}
+
+impl RunStatus {
+    /// The name stored in the `runs` table and the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::AccountError => "account_error",
+            RunStatus::BudgetExhausted => "budget_exhausted",
+        }
+    }
+
+    /// Whether the run ended.
+    pub fn finished(self) -> bool {
+        self != RunStatus::Running
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_statuses_are_stored_by_their_snake_case_names() {
+        for status in [
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Partial,
+            RunStatus::Failed,
+            RunStatus::Interrupted,
+            RunStatus::AccountError,
+            RunStatus::BudgetExhausted,
+        ] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(serde_json::from_str::<RunStatus>(&json).unwrap(), status);
+        }
+        assert!(!RunStatus::Running.finished());
+        assert!(RunStatus::Partial.finished());
+    }
 }

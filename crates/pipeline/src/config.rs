@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use backlinks_fetcher::RetryPolicy;
 use backlinks_model::api::{BacklinksMode, BacklinksRequest, SummaryRequest};
 use backlinks_scheduler::TargetSource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::error::{Error, Result};
 
 /// The API refuses more than this many requests in flight per account.
 pub const MAX_IN_FLIGHT_LIMIT: u32 = 30;
@@ -392,9 +393,13 @@ pub struct BacklinksSpec {
 }
 
 /// Reads a pipeline file and applies `BACKLINKS__…` environment overrides.
-pub fn load(path: &Path) -> anyhow::Result<RawPipeline> {
+/// Every problem is an input error naming the file.
+pub fn load(path: &Path) -> Result<RawPipeline> {
     if !path.is_file() {
-        anyhow::bail!("pipeline file {} does not exist", path.display());
+        return Err(Error::input(format!(
+            "pipeline file {} does not exist",
+            path.display()
+        )));
     }
     let source = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -405,10 +410,41 @@ pub fn load(path: &Path) -> anyhow::Result<RawPipeline> {
                 .try_parsing(true),
         )
         .build()
-        .with_context(|| format!("reading pipeline {}", path.display()))?;
+        .map_err(|e| Error::input(format!("reading pipeline {}: {e}", path.display())))?;
     source
         .try_deserialize::<RawPipeline>()
-        .with_context(|| format!("pipeline {}", path.display()))
+        .map_err(|e| Error::input(format!("pipeline {}: {e}", path.display())))
+}
+
+/// Loads, overrides and validates a pipeline: `targets` replaces its
+/// target list, `strict` makes invalid targets fatal, `base_url` (from
+/// `DATAFORSEO_BASE_URL`) replaces `api.base_url`. Every problem is an
+/// input error naming the file and key.
+pub fn load_spec(
+    path: &Path,
+    targets: Option<&Path>,
+    strict: bool,
+    base_url: Option<&str>,
+) -> Result<(RawPipeline, PipelineSpec)> {
+    let raw = load(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut spec = raw.validate(dir).map_err(|problems| {
+        Error::input(format!(
+            "pipeline {} is invalid:\n  - {}",
+            path.display(),
+            problems.join("\n  - ")
+        ))
+    })?;
+    if let Some(csv) = targets {
+        spec.targets = TargetSource::Csv(csv.to_path_buf());
+    }
+    spec.strict_targets |= strict;
+    if let Some(url) = base_url {
+        check_base_url(url)
+            .map_err(|problem| Error::input(format!("DATAFORSEO_BASE_URL: {problem}")))?;
+        spec.base_url = url.trim_end_matches('/').to_owned();
+    }
+    Ok((raw, spec))
 }
 
 impl RawPipeline {
@@ -751,46 +787,12 @@ pub fn check_base_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A filter is `[field, operator, value]`; several are joined by "and"/"or"
-/// and may nest. The API allows at most 8 conditions.
+/// A filter expression in the API's grammar (`backlinks_model::filter`),
+/// at most its number of conditions.
 fn check_filters(filters: &Value) -> Result<(), String> {
-    fn count(v: &Value) -> Result<usize, String> {
-        match v {
-            Value::Array(items)
-                if items.len() == 3
-                    && items[0].is_string()
-                    && items[1].is_string()
-                    && !items[2].is_array() =>
-            {
-                Ok(1)
-            }
-            Value::Array(items) => {
-                let mut total = 0;
-                for (i, item) in items.iter().enumerate() {
-                    if i % 2 == 1 {
-                        match item.as_str() {
-                            Some("and" | "or") => continue,
-                            _ => {
-                                return Err(format!(
-                                    "expected \"and\" or \"or\" between conditions, found {item}"
-                                ));
-                            }
-                        }
-                    }
-                    total += count(item)?;
-                }
-                Ok(total)
-            }
-            other => Err(format!(
-                "expected a condition like [\"dofollow\", \"=\", true], found {other}"
-            )),
-        }
-    }
-    let n = count(filters)?;
-    if n > 8 {
-        return Err(format!("{n} conditions; the API allows at most 8"));
-    }
-    Ok(())
+    backlinks_model::filter::check(filters)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -911,6 +913,21 @@ mod tests {
             "{MINIMAL}backlinks_filters = [[\"rank\", \">\", 1], \"xor\", [\"rank\", \"<\", 9]]\n"
         ));
         assert!(found[0].contains("\"xor\""), "{found:?}");
+        // The pipeline takes what the API takes: `in` with a list, and
+        // nested groups, in both endpoints' filters.
+        let listed = "[[\"domain_from_country\", \"in\", [\"US\", \"DE\"]], \"and\", [[\"rank\", \">\", 10], \"or\", [\"dofollow\", \"=\", true]]]";
+        assert_eq!(
+            problems(&format!("{MINIMAL}backlinks_filters = {listed}\n")),
+            Vec::<String>::new()
+        );
+        let backlinks = format!(
+            "name = \"p\"\n[targets]\nlist = [\"example.com\"]\n[endpoints.backlinks]\nfilters = {listed}\n"
+        );
+        assert_eq!(problems(&backlinks), Vec::<String>::new());
+        let found = problems(&format!(
+            "{MINIMAL}backlinks_filters = [\"domain_from_country\", \"in\", \"US\"]\n"
+        ));
+        assert!(found[0].contains("\"in\""), "{found:?}");
     }
 
     #[test]

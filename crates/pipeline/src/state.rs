@@ -17,10 +17,22 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyhow::Context;
 use backlinks_model::RunRecord;
+use backlinks_model::ledger::RunStatus;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Result};
+
+pub use backlinks_fetcher::ArchiveIndex;
+
+/// The index of every answer archived in `dir` (one pipeline and date).
+pub fn archive_index(dir: &Path) -> Result<ArchiveIndex> {
+    let files = backlinks_fetcher::archive::archive_files(dir)
+        .with_context(|| format!("listing the raw archive {}", dir.display()))?;
+    ArchiveIndex::build(&files)
+        .with_context(|| format!("reading the raw archive {}", dir.display()))
+}
 
 /// `<state>/archive/<pipeline>/snapshot_date=D`.
 pub fn archive_dir(state: &Path, pipeline: &str, date: NaiveDate) -> PathBuf {
@@ -48,7 +60,7 @@ pub struct Manifest {
     /// `run`, `run --retry-failed`, `run --refetch` or `replay`.
     pub command: String,
     /// As in the `runs` table; `running` until the run ends.
-    pub status: String,
+    pub status: RunStatus,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub units_total: u64,
@@ -78,7 +90,7 @@ impl Manifest {
             pipeline: run.pipeline.clone(),
             snapshot_date: run.snapshot_date,
             command: command.to_owned(),
-            status: run.status.clone(),
+            status: run.status,
             started_at: run.started_at,
             finished_at: run.finished_at,
             units_total: count(run.units_total),
@@ -99,28 +111,43 @@ impl Manifest {
 
     /// Whether the run ended (any status but `running`).
     pub fn finished(&self) -> bool {
-        self.status != "running"
+        self.status.finished()
     }
 }
 
-/// Writes `manifest` as `<dir>/<run_id>.json` atomically.
-pub fn write_manifest(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
+/// Writes `manifest` as `<dir>/<run_id>.json` atomically: a hidden
+/// temporary file in the same directory, fsync'd, renamed into place, and
+/// the directory fsync'd so the rename survives a crash.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{}.json", manifest.run_id));
-    let temp = dir.join(format!(".{}.json.tmp", manifest.run_id));
     let text = serde_json::to_vec_pretty(manifest).context("encoding the run manifest")?;
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, &path)
+        let mut temp = tempfile::Builder::new()
+            .prefix(&format!(".{}.json.", manifest.run_id))
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        temp.write_all(&text)?;
+        temp.as_file().sync_all()?;
+        temp.persist(&path).map_err(|e| e.error)?;
+        sync_dir(dir)
     };
     write().with_context(|| format!("writing the run manifest {}", path.display()))
 }
 
+/// Makes a rename in `dir` durable (a no-op where directories cannot be
+/// opened as files).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 /// Every manifest in `dir`, oldest run first. Unreadable ones are skipped
 /// with a warning.
-pub fn read_manifests(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
+pub fn read_manifests(dir: &Path) -> Result<Vec<Manifest>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -139,8 +166,10 @@ pub fn read_manifests(dir: &Path) -> anyhow::Result<Vec<Manifest>> {
             continue;
         }
         let parsed = std::fs::read(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| Ok(serde_json::from_slice::<Manifest>(&bytes)?));
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                serde_json::from_slice::<Manifest>(&bytes).map_err(|e| e.to_string())
+            });
         match parsed {
             Ok(manifest) => out.push(manifest),
             Err(e) => {
@@ -180,7 +209,7 @@ impl DeadLetters {
     }
 
     /// Appends one line (flushed at once).
-    pub fn append(&self, letter: &DeadLetter) -> anyhow::Result<()> {
+    pub fn append(&self, letter: &DeadLetter) -> Result<()> {
         let mut line = serde_json::to_vec(letter).context("encoding a dead letter")?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -220,7 +249,7 @@ pub fn dead_letters_file(dir: &Path, run_id: &str) -> PathBuf {
 
 /// The dead letters of `run_id` (none if the file does not exist). A torn
 /// last line (the run died while writing it) is skipped.
-pub fn read_dead_letters(dir: &Path, run_id: &str) -> anyhow::Result<Vec<DeadLetter>> {
+pub fn read_dead_letters(dir: &Path, run_id: &str) -> Result<Vec<DeadLetter>> {
     let path = dead_letters_file(dir, run_id);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -253,7 +282,7 @@ pub fn resumable_archive_files(
     let closed_by = manifests
         .iter()
         .rev()
-        .find(|m| m.status == "succeeded")
+        .find(|m| m.status == RunStatus::Succeeded)
         .map(|m| m.run_id.clone());
     let files: Vec<PathBuf> = archive
         .iter()
@@ -273,14 +302,14 @@ pub fn resumable_archive_files(
 mod tests {
     use super::*;
 
-    fn manifest(run_id: &str, status: &str) -> Manifest {
+    fn manifest(run_id: &str, status: RunStatus) -> Manifest {
         Manifest {
             v: 1,
             run_id: run_id.into(),
             pipeline: "p".into(),
             snapshot_date: NaiveDate::from_ymd_opt(2026, 1, 15).unwrap(),
             command: "run".into(),
-            status: status.into(),
+            status,
             started_at: Utc::now(),
             finished_at: None,
             units_total: 3,
@@ -299,15 +328,15 @@ mod tests {
     #[test]
     fn manifests_round_trip_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        write_manifest(dir.path(), &manifest("b", "running")).unwrap();
-        write_manifest(dir.path(), &manifest("a", "succeeded")).unwrap();
-        write_manifest(dir.path(), &manifest("b", "interrupted")).unwrap();
+        write_manifest(dir.path(), &manifest("b", RunStatus::Running)).unwrap();
+        write_manifest(dir.path(), &manifest("a", RunStatus::Succeeded)).unwrap();
+        write_manifest(dir.path(), &manifest("b", RunStatus::Interrupted)).unwrap();
         let all = read_manifests(dir.path()).unwrap();
         assert_eq!(
             all.iter()
-                .map(|m| (m.run_id.as_str(), m.status.as_str()))
+                .map(|m| (m.run_id.as_str(), m.status))
                 .collect::<Vec<_>>(),
-            [("a", "succeeded"), ("b", "interrupted")]
+            [("a", RunStatus::Succeeded), ("b", RunStatus::Interrupted)]
         );
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -346,9 +375,9 @@ mod tests {
             .collect();
         // r1 crashed, r2 resumed it and succeeded, r3 crashed: only r3.
         let manifests = [
-            manifest("r1", "running"),
-            manifest("r2", "succeeded"),
-            manifest("r3", "running"),
+            manifest("r1", RunStatus::Running),
+            manifest("r2", RunStatus::Succeeded),
+            manifest("r3", RunStatus::Running),
         ];
         let (resume, runs) = resumable_archive_files(&files, &manifests);
         assert_eq!(resume, vec![PathBuf::from("r3__backlinks.zst")]);

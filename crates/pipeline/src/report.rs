@@ -1,16 +1,18 @@
-//! The one-screen summary at the end of a run.
+//! What a run did: the [`RunReport`] the engine hands back, from which the
+//! binary prints its one-screen summary.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backlinks_model::ledger::RunStatus;
 use backlinks_model::{Dataset, Endpoint, WorkUnit};
 use backlinks_normalizer::UnknownFields;
 use backlinks_scheduler::TargetList;
 use chrono::NaiveDate;
 
-use crate::run::RowCounts;
+/// Rows per dataset name, for the run record.
+pub type RowCounts = BTreeMap<&'static str, u64>;
 
 /// How many failures the summary lists one by one.
 const FAILURES_LISTED: usize = 10;
@@ -23,18 +25,24 @@ pub struct ItemCounts {
     pub loaded: u64,
 }
 
+/// What became of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnitStatus {
+    /// Its partition landed in every sink.
     Ok,
+    /// It failed for good (the reason); its previous partition stays.
     Failed(String),
+    /// It was not run: the run stopped (signal, spend cap, account problem).
     NotRun,
 }
 
-/// Totals of a run, rendered by [`Report::render`].
-pub struct Report {
+/// Totals of a run and how it ended.
+#[derive(Debug, Clone)]
+pub struct RunReport {
     pub run_id: String,
     pub pipeline: String,
     pub snapshot_date: NaiveDate,
-    pub status: &'static str,
+    pub status: RunStatus,
     pub targets: usize,
     pub rejected: usize,
     pub duplicates: u64,
@@ -63,9 +71,20 @@ pub struct Report {
     pub duration: Duration,
     pub parquet_dir: Option<PathBuf>,
     pub postgres: bool,
+    /// Why the account stopped the run (status `account_error`).
+    pub account_problem: Option<String>,
+    /// The spend cap that stopped dispatching (status `budget_exhausted`).
+    pub budget_problem: Option<String>,
+    /// A signal stopped the run; `abandoned` when units in flight were
+    /// abandoned (second signal or grace period over).
+    pub interrupted: bool,
+    pub abandoned: bool,
+    /// The request ledger or the raw archive could not be written.
+    pub ledger_error: Option<String>,
+    pub archive_error: Option<String>,
 }
 
-impl Report {
+impl RunReport {
     pub fn new(
         run_id: String,
         pipeline: String,
@@ -77,7 +96,7 @@ impl Report {
             run_id,
             pipeline,
             snapshot_date,
-            status: "running",
+            status: RunStatus::Running,
             targets: list.targets.len(),
             rejected: list.rejected.len(),
             duplicates: list.duplicates,
@@ -106,6 +125,12 @@ impl Report {
             duration: Duration::ZERO,
             parquet_dir: None,
             postgres: false,
+            account_problem: None,
+            budget_problem: None,
+            interrupted: false,
+            abandoned: false,
+            ledger_error: None,
+            archive_error: None,
         }
     }
 
@@ -154,101 +179,5 @@ impl Report {
 
     pub fn rows_by_name(&self) -> RowCounts {
         self.rows.iter().map(|(d, n)| (d.name(), *n)).collect()
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let w = &mut out;
-        let _ = writeln!(
-            w,
-            "\nrun {}  pipeline {}  snapshot {}  {} in {:.1}s",
-            self.run_id,
-            self.pipeline,
-            self.snapshot_date,
-            self.status,
-            self.duration.as_secs_f64()
-        );
-        let _ = writeln!(
-            w,
-            "  units     {} ok, {} failed, {} not run   (targets: {} valid, {} rejected, {} duplicates)",
-            self.units_ok,
-            self.units_failed,
-            self.units_not_run,
-            self.targets,
-            self.rejected,
-            self.duplicates
-        );
-        let rows = self
-            .rows
-            .iter()
-            .map(|(d, n)| format!("{} {n}", d.name()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(w, "  rows      {rows}");
-        if self.rows.contains_key(&Dataset::Backlinks) {
-            let _ = writeln!(
-                w,
-                "  items     backlinks {} expected (total_count), {} loaded, {} targets differ",
-                self.items_expected, self.items_loaded, self.item_mismatch_count
-            );
-            for line in &self.item_mismatches {
-                let _ = writeln!(w, "  differs   {line}");
-            }
-        }
-        let _ = writeln!(
-            w,
-            "  requests  {} sent, {} retries ({} rate-limited, {} too many in flight)",
-            self.requests, self.retries, self.rate_limited, self.too_many_in_flight
-        );
-        let _ = writeln!(w, "  cost      ${:.5}", self.cost_usd);
-        if self.replayed > 0 {
-            let _ = writeln!(
-                w,
-                "  archive   {} answers reused from the archive (${:.5} paid earlier)",
-                self.replayed, self.replayed_cost
-            );
-        }
-        if !self.unknown.is_empty() {
-            let names = self
-                .unknown
-                .iter()
-                .map(|(k, n)| format!("{k} ({n})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(w, "  new API fields kept in `extra`: {names}");
-        }
-        for failure in &self.failures {
-            let _ = writeln!(w, "  failed    {failure}");
-        }
-        if self.units_failed as usize > self.failures.len() {
-            let _ = writeln!(
-                w,
-                "  failed    ... and {} more (see the `requests` ledger)",
-                self.units_failed as usize - self.failures.len()
-            );
-        }
-        if let Some(path) = &self.dead_letters {
-            let _ = writeln!(
-                w,
-                "  retry     the failed units are listed in {}; `backlinks run --retry-failed` retries only them",
-                path.display()
-            );
-        }
-        let sinks = match (&self.parquet_dir, self.postgres) {
-            (Some(dir), true) => format!("parquet under {}/, postgres", dir.display()),
-            (Some(dir), false) => format!("parquet under {}/", dir.display()),
-            (None, true) => "postgres".into(),
-            (None, false) => "none".into(),
-        };
-        let _ = writeln!(w, "  output    {sinks}");
-        if let Some(dir) = &self.parquet_dir {
-            let _ = writeln!(
-                w,
-                "  look      duckdb -c \"SELECT target, rank, backlinks, referring_domains FROM read_parquet('{}/summary/snapshot_date={}/*.parquet', hive_partitioning = false) ORDER BY backlinks DESC NULLS LAST LIMIT 10\"",
-                dir.display(),
-                self.snapshot_date
-            );
-        }
-        out
     }
 }

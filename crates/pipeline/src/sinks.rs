@@ -1,0 +1,399 @@
+//! Both sinks behind one door: a partition lands in each enabled sink, and
+//! the request ledger streams into both while the run goes.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use backlinks_model::{Dataset, PartitionKey, RequestRecord, RunRecord, Secret};
+use backlinks_sink_parquet::{ParquetSink, StagedPartition};
+use backlinks_sink_postgres::{PgPartition, PgSink};
+use chrono::NaiveDate;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config::PipelineSpec;
+use crate::cpu::CpuPool;
+use crate::error::{Context, Error, Result};
+
+/// The enabled sinks of a run. Cheap to clone.
+#[derive(Clone)]
+pub struct Sinks {
+    pub parquet: Option<Arc<ParquetSink>>,
+    pub postgres: Option<Arc<PgSink>>,
+    /// How many partitions may be open at once (see [`partition_slots`]).
+    /// A partition of a paginated endpoint stays open across pages, so
+    /// units queue here, without a timeout, rather than in the pool or in
+    /// memory.
+    partition_slots: Arc<Semaphore>,
+    /// Where Parquet encoding and file work run.
+    cpu: CpuPool,
+}
+
+impl Sinks {
+    /// Opens the sinks the pipeline enables: creates the Parquet directory,
+    /// connects to Postgres at `database_url` (and migrates it if the
+    /// pipeline says so). Parquet encoding runs on `cpu`.
+    pub async fn open(
+        spec: &PipelineSpec,
+        database_url: Option<&Secret>,
+        cpu: CpuPool,
+    ) -> Result<Self> {
+        let parquet = match &spec.parquet_dir {
+            Some(dir) => Some(Arc::new(ParquetSink::new(dir).with_context(|| {
+                format!("opening the parquet directory {}", dir.display())
+            })?)),
+            None => None,
+        };
+        let slots = partition_slots(spec);
+        let postgres = match &spec.postgres {
+            Some(settings) => {
+                let url = database_url.ok_or_else(|| {
+                    Error::input(
+                        "set DATABASE_URL (e.g. postgres://user@host:5432/db) to use the Postgres sink",
+                    )
+                })?;
+                let sink = PgSink::connect(url, settings.max_connections)
+                    .await
+                    .context("connecting to postgres (DATABASE_URL)")?;
+                if settings.migrate {
+                    sink.migrate().await.context("applying migrations")?;
+                }
+                Some(Arc::new(sink))
+            }
+            None => None,
+        };
+        Ok(Self {
+            parquet,
+            postgres,
+            partition_slots: Arc::new(Semaphore::new(slots)),
+            cpu,
+        })
+    }
+
+    /// Starts replacing one partition in every sink. Batches are then
+    /// streamed into it with [`PartitionWriter::write`] (a paginated
+    /// endpoint writes page by page) and land together on
+    /// [`PartitionWriter::commit`]; dropping the writer instead leaves the
+    /// previous partition intact in both sinks.
+    pub async fn begin(&self, key: &PartitionKey, datasets: &[Dataset]) -> Result<PartitionWriter> {
+        let slot = self
+            .partition_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .context("waiting for a partition slot")?;
+        let parquet = match &self.parquet {
+            Some(sink) => {
+                let (sink, key, datasets) = (sink.clone(), key.clone(), datasets.to_vec());
+                Some(
+                    self.cpu
+                        .run(move || sink.begin(&key, &datasets))
+                        .await?
+                        .context("staging the parquet files of the partition")?,
+                )
+            }
+            None => None,
+        };
+        let postgres = match &self.postgres {
+            Some(pg) => Some(
+                pg.begin(key, datasets)
+                    .await
+                    .context("starting the postgres transaction of the partition")?,
+            ),
+            None => None,
+        };
+        Ok(PartitionWriter {
+            parquet,
+            postgres,
+            cpu: self.cpu.clone(),
+            _slot: slot,
+        })
+    }
+
+    /// Replaces one partition in every sink with `parts`, all at once.
+    pub async fn write_partition(
+        &self,
+        key: &PartitionKey,
+        parts: &[(Dataset, &RecordBatch)],
+    ) -> Result<()> {
+        let datasets: Vec<Dataset> = parts.iter().map(|(d, _)| *d).collect();
+        let mut writer = self.begin(key, &datasets).await?;
+        for (dataset, batch) in parts {
+            writer.write(*dataset, batch).await?;
+        }
+        writer.commit().await
+    }
+
+    /// Records the run's row in Postgres (insert, then update at the end).
+    pub async fn record_run(&self, run: &RunRecord) -> Result<()> {
+        if let Some(pg) = &self.postgres {
+            let batch =
+                backlinks_normalizer::ledger::run_batch(run).context("building the run's row")?;
+            pg.upsert_run(&batch)
+                .await
+                .context("recording the run in postgres")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the final run row to Parquet (`runs/snapshot_date=…/`).
+    pub fn finish_run_file(&self, run: &RunRecord) -> Result<()> {
+        if let Some(sink) = &self.parquet {
+            let batch =
+                backlinks_normalizer::ledger::run_batch(run).context("building the run's row")?;
+            let stem = format!("{}__{}", run.pipeline, run.run_id);
+            let write = || -> backlinks_sink_parquet::Result<()> {
+                let mut file = sink.create(Dataset::Runs, run.snapshot_date, &stem)?;
+                file.write(&batch)?;
+                file.finish()
+            };
+            write().context("writing the run's row to parquet")?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies the database migrations to the database at `url`.
+pub async fn migrate(url: &Secret) -> Result<()> {
+    let sink = PgSink::connect(url, 1)
+        .await
+        .context("connecting to postgres")?;
+    sink.migrate().await.context("applying migrations")
+}
+
+/// How many partitions may be open at once: at most
+/// `sinks.parquet.max_open_partitions` (each holds Parquet writers that
+/// buffer a row group), and one per pooled Postgres connection but one
+/// (which stays free for the ledger).
+pub(crate) fn partition_slots(spec: &PipelineSpec) -> usize {
+    let parquet = spec.parquet_open_partitions.unwrap_or(u32::MAX);
+    let postgres = spec
+        .postgres
+        .as_ref()
+        .map_or(u32::MAX, |pg| pg.max_connections.saturating_sub(1).max(1));
+    usize::try_from(parquet.min(postgres).max(1))
+        .unwrap_or(Semaphore::MAX_PERMITS)
+        .min(Semaphore::MAX_PERMITS)
+}
+
+/// One partition being replaced in every enabled sink: Parquet files
+/// staged under temporary names, a Postgres transaction.
+pub struct PartitionWriter {
+    parquet: Option<StagedPartition>,
+    postgres: Option<PgPartition>,
+    cpu: CpuPool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl PartitionWriter {
+    /// Appends a batch to `dataset` of the partition in every sink: the
+    /// Parquet encoding on the CPU pool while the Postgres loader takes
+    /// its copy.
+    pub async fn write(&mut self, dataset: Dataset, batch: &RecordBatch) -> Result<()> {
+        let Self {
+            parquet: staged,
+            postgres,
+            cpu,
+            ..
+        } = self;
+        let parquet = async {
+            let Some(mut taken) = staged.take() else {
+                return Ok(());
+            };
+            let batch = batch.clone();
+            let (taken, written) = cpu
+                .run(move || {
+                    let written = taken.write(dataset, &batch);
+                    (taken, written)
+                })
+                .await?;
+            *staged = Some(taken);
+            written.with_context(|| format!("writing {} to parquet", dataset.name()))
+        };
+        let postgres = async {
+            match postgres {
+                Some(tx) => tx
+                    .write(dataset, batch)
+                    .await
+                    .with_context(|| format!("writing {} to postgres", dataset.name())),
+                None => Ok(()),
+            }
+        };
+        let (parquet, postgres) = tokio::join!(parquet, postgres);
+        parquet.and(postgres)
+    }
+
+    /// Lands the partition: the Parquet files are finished and fsync'd under
+    /// their temporary names, the Postgres transaction commits, then the
+    /// files are renamed into place. A failure before the Postgres commit
+    /// leaves the previous partition intact in both sinks; after it, only a
+    /// rename in the same directory is left to do.
+    pub async fn commit(mut self) -> Result<()> {
+        // Whatever can fail for lack of space or a broken disk (footers,
+        // fsync) happens before Postgres commits; after it, only renames.
+        let staged = match self.parquet.take() {
+            Some(mut staged) => {
+                let (staged, prepared) = self
+                    .cpu
+                    .run(move || {
+                        let prepared = staged.prepare();
+                        (staged, prepared)
+                    })
+                    .await?;
+                prepared.context("finishing the parquet files of the partition")?;
+                Some(staged)
+            }
+            None => None,
+        };
+        if let Some(tx) = self.postgres.take() {
+            tx.commit()
+                .await
+                .context("committing the partition to postgres")?;
+        }
+        if let Some(staged) = staged {
+            self.cpu
+                .run(move || staged.commit())
+                .await?
+                .context("renaming the parquet files of the partition into place")?;
+        }
+        Ok(())
+    }
+}
+
+/// Streams request records into the `requests` dataset of both sinks in
+/// batches, so the ledger never waits for the end of the run (and memory
+/// does not grow with it).
+pub struct Ledger {
+    tx: mpsc::Sender<RequestRecord>,
+    task: JoinHandle<Result<u64>>,
+}
+
+const LEDGER_BATCH: usize = 500;
+
+impl Ledger {
+    pub fn start(
+        sinks: Sinks,
+        run_id: String,
+        pipeline: Arc<str>,
+        snapshot_date: NaiveDate,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<RequestRecord>(LEDGER_BATCH * 2);
+        let task = tokio::spawn(
+            async move {
+                let mut file = match &sinks.parquet {
+                    Some(sink) => Some(
+                        sink.create(
+                            Dataset::Requests,
+                            snapshot_date,
+                            &format!("{pipeline}__{run_id}"),
+                        )
+                        .context("creating the request ledger file")?,
+                    ),
+                    None => None,
+                };
+                let mut written = 0u64;
+                let mut buffer = Vec::with_capacity(LEDGER_BATCH);
+                loop {
+                    let open = rx.recv_many(&mut buffer, LEDGER_BATCH).await > 0;
+                    if !buffer.is_empty() {
+                        let batch = backlinks_normalizer::ledger::requests_batch(
+                            &run_id,
+                            &pipeline,
+                            snapshot_date,
+                            &buffer,
+                        )
+                        .context("building a batch of the request ledger")?;
+                        if let Some(pg) = &sinks.postgres {
+                            pg.append(Dataset::Requests, &batch)
+                                .await
+                                .context("writing the request ledger to postgres")?;
+                        }
+                        if let Some(mut open_file) = file.take() {
+                            let (back, result) = sinks
+                                .cpu
+                                .run(move || {
+                                    let result = open_file.write(&batch);
+                                    (open_file, result)
+                                })
+                                .await?;
+                            result.context("writing the request ledger to parquet")?;
+                            file = Some(back);
+                        }
+                        written += buffer.len() as u64;
+                        buffer.clear();
+                    }
+                    if !open {
+                        break;
+                    }
+                }
+                if let Some(file) = file {
+                    sinks
+                        .cpu
+                        .run(move || file.finish())
+                        .await?
+                        .context("closing the request ledger file")?;
+                }
+                Ok(written)
+            }
+            .in_current_span(),
+        );
+        Self { tx, task }
+    }
+
+    pub async fn record(&self, record: RequestRecord) {
+        // If the ledger task died, its error is reported by `finish`.
+        let _ = self.tx.send(record).await;
+    }
+
+    /// Flushes the ledger; returns the number of records written.
+    pub async fn finish(self) -> Result<u64> {
+        drop(self.tx);
+        self.task.await.context("the ledger task panicked")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn spec(sinks: &str) -> PipelineSpec {
+        let text = format!(
+            "name = \"p\"\n[targets]\nlist = [\"example.com\"]\n[endpoints.summary]\n{sinks}"
+        );
+        toml::from_str::<crate::config::RawPipeline>(&text)
+            .expect("valid toml")
+            .validate(Path::new("."))
+            .expect("valid pipeline")
+    }
+
+    #[test]
+    fn open_partitions_are_bounded_by_both_sinks() {
+        assert_eq!(partition_slots(&spec("")), 8);
+        assert_eq!(
+            partition_slots(&spec("[sinks.parquet]\nmax_open_partitions = 3\n")),
+            3
+        );
+        // One connection stays free for the ledger.
+        assert_eq!(
+            partition_slots(&spec(
+                "[sinks.postgres]\nenabled = true\nmax_connections = 4\n"
+            )),
+            3
+        );
+        assert_eq!(
+            partition_slots(&spec(
+                "[sinks.parquet]\nenabled = false\n[sinks.postgres]\nenabled = true\nmax_connections = 20\n"
+            )),
+            19
+        );
+        assert_eq!(
+            partition_slots(&spec(
+                "[sinks.postgres]\nenabled = true\nmax_connections = 1\n"
+            )),
+            1
+        );
+    }
+}
