@@ -5,6 +5,7 @@ use std::sync::Arc;
 use backlinks_model::{Dataset, PartitionKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::catalog::TableColumns;
 use crate::copy::{RowEncoder, quote_ident};
@@ -132,7 +133,8 @@ impl PgPartition {
             ));
         }
         let (loads, rx) = mpsc::channel(QUEUED_BATCHES);
-        let loader = tokio::spawn(load(tx, partition, rx));
+        // The loader logs inside the caller's span (the run and the unit).
+        let loader = tokio::spawn(load(tx, partition, rx).in_current_span());
         Ok(Self {
             key: key.clone(),
             datasets,
