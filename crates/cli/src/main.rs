@@ -38,6 +38,10 @@ pub struct MallocConf(*const std::ffi::c_char);
 
 // SAFETY: the pointer is to a string literal, immutable for the whole run.
 #[cfg(not(target_env = "msvc"))]
+#[allow(
+    unsafe_code,
+    reason = "a static holding a raw pointer must be declared Sync by hand"
+)]
 unsafe impl Sync for MallocConf {}
 
 /// jemalloc's compiled-in options: a background thread returns freed pages
@@ -46,6 +50,10 @@ unsafe impl Sync for MallocConf {}
 /// measured slower (every page's buffers are faulted in again). The
 /// `_RJEM_MALLOC_CONF` environment variable overrides these.
 #[cfg(not(target_env = "msvc"))]
+#[allow(
+    unsafe_code,
+    reason = "jemalloc reads its compiled-in options from this exported symbol"
+)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static MALLOC_CONF: MallocConf =
     MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
