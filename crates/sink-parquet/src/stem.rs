@@ -1,6 +1,8 @@
 //! File names of partitions: a pipeline and a target turned into a name that
 //! is safe on every file system, reversible while short, and bounded.
 
+use std::hash::Hasher;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// The longest stem [`file_stem`] returns, in bytes. With `.parquet` and the
@@ -49,7 +51,9 @@ pub fn file_stem(pipeline: &str, target: &str) -> String {
         cut -= 2;
     }
     stem.truncate(cut);
-    let mut hash = Fnv1a::new();
+    // The `fnv` crate's hasher is 64-bit FNV-1a, stable across releases and
+    // platforms: names written by earlier versions stay the same.
+    let mut hash = fnv::FnvHasher::default();
     hash.write(pipeline.as_bytes());
     hash.write(&[0]);
     hash.write(target.as_bytes());
@@ -79,29 +83,6 @@ pub(crate) fn stem_problem(stem: &str) -> Option<&'static str> {
     }
 }
 
-/// 64-bit FNV-1a: small, stable across releases and platforms.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Self {
-        Self(Self::OFFSET_BASIS)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +96,7 @@ mod tests {
     }
 
     fn fnv(bytes: &[u8]) -> u64 {
-        let mut hash = Fnv1a::new();
+        let mut hash = fnv::FnvHasher::default();
         hash.write(bytes);
         hash.finish()
     }
