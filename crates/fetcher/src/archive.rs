@@ -28,8 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backlinks_model::Endpoint;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tracing::warn;
 
 use crate::{Error, Result};
@@ -41,8 +43,9 @@ const HEADER_MAGIC: u32 = 0x184D_2A5C;
 /// Magic number of the header of a format-1 record, whose key was computed
 /// by an older hash: the index computes the key anew from the record.
 const LEGACY_HEADER_MAGIC: u32 = 0x184D_2A5B;
-/// The format of the records written now ([`ArchiveRecord::v`]).
-pub const RECORD_VERSION: u32 = 2;
+/// The format of the records written now ([`ArchiveRecord::v`]): 3 holds
+/// the body as the JSON it is (2 held it as a JSON string; both are read).
+pub const RECORD_VERSION: u32 = 3;
 /// Length of a request key: 32 hexadecimal digits.
 const KEY_LEN: usize = 32;
 /// Payload of the header frame: frame length (u32), cost (f64), key.
@@ -55,7 +58,10 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 const MAX_FRAME: u32 = 1 << 30;
 
 /// One archived answer. `request` is the task as sent (it never holds
-/// credentials); `body` is the whole response, as text.
+/// credentials); `body` is the whole response, as text. A body that is JSON
+/// (every answer the API gives in its envelope) is stored as that JSON, not
+/// as a string holding it: `zstd -dc | jq .body` reads it, and a replay
+/// takes it from the decompressed record without unescaping or copying it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveRecord {
     /// Format version: [`RECORD_VERSION`] (2); 1 for records whose key was
@@ -74,7 +80,56 @@ pub struct ArchiveRecord {
     /// Cost in USD the API charged for this answer.
     pub cost: f64,
     pub fetched_at: DateTime<Utc>,
+    #[serde(serialize_with = "body_out", deserialize_with = "body_in")]
     pub body: String,
+}
+
+/// A body as the JSON it is when it is JSON, else as a string.
+fn body_out<S: serde::Serializer>(body: &str, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match serde_json::from_str::<&RawValue>(body) {
+        Ok(raw) => raw.serialize(s),
+        Err(_) => s.serialize_str(body),
+    }
+}
+
+/// A body stored either way by [`body_out`] (or as a string by format 2).
+fn body_in<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    body_text(&raw).map_err(serde::de::Error::custom)
+}
+
+/// The body a stored value holds: the text of a JSON string (format 2, or
+/// a body that was not JSON), else the JSON itself.
+fn body_text(raw: &RawValue) -> serde_json::Result<String> {
+    if raw.get().starts_with('"') {
+        serde_json::from_str(raw.get())
+    } else {
+        Ok(raw.get().to_owned())
+    }
+}
+
+/// An archived answer as a replay uses it: the body shares the buffer the
+/// record was decompressed into.
+#[derive(Debug, Clone)]
+pub struct ArchivedAnswer {
+    pub http_status: Option<u16>,
+    pub status_code: Option<i64>,
+    pub task_id: Option<String>,
+    pub cost: f64,
+    pub fetched_at: DateTime<Utc>,
+    pub body: Bytes,
+}
+
+/// The fields of a record an answer needs, borrowed from its JSON.
+#[derive(Deserialize)]
+struct AnswerFields<'a> {
+    http_status: Option<u16>,
+    status_code: Option<i64>,
+    task_id: Option<String>,
+    cost: f64,
+    fetched_at: DateTime<Utc>,
+    #[serde(borrow)]
+    body: &'a RawValue,
 }
 
 /// A stable identity of a request: the 128-bit xxh3 hash of the endpoint's
@@ -437,6 +492,42 @@ impl ArchiveIndex {
             .map_err(io_error(path, "reading"))?;
         decode_record(&frame, path, location.offset).map(Some)
     }
+
+    /// The answer archived for `key`, if any: what [`ArchiveIndex::get`]
+    /// gives, without the request and with the body taken from the
+    /// decompressed record as it is.
+    pub fn answer(&self, key: &str) -> Result<Option<ArchivedAnswer>> {
+        let Some(location) = self.entries.get(key) else {
+            return Ok(None);
+        };
+        let path = &self.files[location.file];
+        let mut file = File::open(path).map_err(io_error(path, "opening"))?;
+        file.seek(SeekFrom::Start(location.offset))
+            .map_err(io_error(path, "reading"))?;
+        let mut frame = vec![0u8; location.length as usize];
+        file.read_exact(&mut frame)
+            .map_err(io_error(path, "reading"))?;
+        let json = Bytes::from(decompress(&frame, path, location.offset)?);
+        let unreadable = |source| Error::ArchiveUnreadable {
+            path: path.to_path_buf(),
+            offset: location.offset,
+            source: Arc::new(source),
+        };
+        let fields: AnswerFields<'_> = serde_json::from_slice(&json).map_err(unreadable)?;
+        let body = if fields.body.get().starts_with('"') {
+            Bytes::from(body_text(fields.body).map_err(unreadable)?)
+        } else {
+            json.slice_ref(fields.body.get().as_bytes())
+        };
+        Ok(Some(ArchivedAnswer {
+            http_status: fields.http_status,
+            status_code: fields.status_code,
+            task_id: fields.task_id,
+            cost: fields.cost,
+            fetched_at: fields.fetched_at,
+            body,
+        }))
+    }
 }
 
 /// The JSON of the record frame at `offset` of `path`.
@@ -520,6 +611,63 @@ pub(crate) mod tests {
             fetched_at: Utc::now(),
             body: format!("{{\"status_code\":20000,\"page\":{page}}}"),
         }
+    }
+
+    #[test]
+    fn a_json_body_is_stored_as_json_and_replayed_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ArchiveWriter::new(dir.path(), "r1").unwrap();
+        let mut json_body = record("r1", "a.com", 0, 0.02);
+        json_body.body = "{\"tasks\":[{\"text\":\"say \\\"hi\\\"\\n\"}], \"n\": 1}".into();
+        let mut text_body = record("r1", "b.com", 0, 0.02);
+        text_body.body = "not json {".into();
+        writer.append(Endpoint::Backlinks, &json_body).unwrap();
+        writer.append(Endpoint::Backlinks, &text_body).unwrap();
+        writer.finish().unwrap();
+        let file = archive_file(dir.path(), "r1", Endpoint::Backlinks);
+        let text = String::from_utf8(zstd::stream::decode_all(File::open(&file).unwrap()).unwrap())
+            .unwrap();
+        // The JSON body is an object of the record, the other a string.
+        assert!(
+            text.contains(r#""body":{"tasks":[{"text":"say \"hi\"\n"}], "n": 1}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""body":"not json {""#), "{text}");
+        let index = ArchiveIndex::build(&[file]).unwrap();
+        for stored in [&json_body, &text_body] {
+            let answer = index.answer(&stored.key).unwrap().unwrap();
+            assert_eq!(answer.body, stored.body.as_bytes());
+            assert_eq!(answer.task_id, stored.task_id);
+            assert_eq!(answer.cost, stored.cost);
+            assert_eq!(index.get(&stored.key).unwrap().unwrap().body, stored.body);
+        }
+    }
+
+    #[test]
+    fn a_body_stored_as_a_string_by_format_2_is_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r0__backlinks.zst");
+        let old = record("r0", "a.com", 0, 0.02);
+        let mut value = serde_json::to_value(&old).unwrap();
+        value["v"] = 2.into();
+        value["body"] = serde_json::Value::String(old.body.clone());
+        let mut json = serde_json::to_vec(&value).unwrap();
+        json.push(b'\n');
+        let frame = zstd::bulk::compress(&json, LEVEL).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&HEADER_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&(HEADER_PAYLOAD as u32).to_le_bytes());
+        bytes.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&old.cost.to_le_bytes());
+        bytes.extend_from_slice(old.key.as_bytes());
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&path, bytes).unwrap();
+        let index = ArchiveIndex::build(&[path]).unwrap();
+        assert_eq!(
+            index.answer(&old.key).unwrap().unwrap().body,
+            old.body.as_bytes()
+        );
+        assert_eq!(index.get(&old.key).unwrap().unwrap().body, old.body);
     }
 
     #[test]

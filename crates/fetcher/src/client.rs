@@ -288,7 +288,7 @@ impl Fetcher {
         record: &mut RequestRecord,
     ) -> Option<Result<Fetched>> {
         let index = self.replay.as_ref()?;
-        let archived = match index.get(key) {
+        let archived = match index.answer(key) {
             Ok(Some(archived)) => archived,
             Ok(None) => return None,
             Err(e) => {
@@ -312,7 +312,7 @@ impl Fetcher {
         };
         debug!(endpoint = %record.endpoint, target = record.target, page = record.page, "answered from the archive");
         Some(Ok(Fetched {
-            body: Bytes::from(archived.body),
+            body: archived.body,
             outcome,
             task_id: archived.task_id,
             cost: archived.cost,

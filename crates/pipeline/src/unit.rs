@@ -6,16 +6,18 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use backlinks_fetcher::{Exchange, Fetched, Fetcher};
 use backlinks_model::{Dataset, PartitionKey, RequestRecord, WorkUnit};
 use backlinks_normalizer::UnknownFields;
+use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::cpu::CpuPool;
 use crate::endpoints::{Answer, EndpointModule, PageRequest, PageRows, Paging, row_context};
 use crate::error::{Error, Result, chain};
 use crate::report::{ItemCounts, UnitStatus};
-use crate::sinks::Sinks;
+use crate::sinks::{PartitionWriter, Sinks};
 
 /// Everything a unit needs, shared by all units of a run.
 pub(crate) struct UnitContext {
@@ -298,8 +300,13 @@ async fn paged(
     ahead: &mut PagesAhead,
 ) -> Result<UnitStatus> {
     // The partition slot is taken before the first request, so targets
-    // that cannot be written yet do not fetch either.
-    let mut writer = cx.sinks.begin(key, module.endpoint().datasets()).await?;
+    // that cannot be written yet do not fetch either. Pages are written on
+    // a task of their own, so the next page is normalized while this one
+    // is encoded: one large target uses two cores.
+    let mut writer =
+        StreamedPartition::start(cx.sinks.begin(key, module.endpoint().datasets()).await?);
+    // Rows and unknown fields count once the partition has landed.
+    let mut landed = UnitOutcome::new(outcome.unit.clone());
     let mut position: u64 = 0;
     let mut token: Option<String> = None;
     let mut expected: Option<u64> = None;
@@ -355,16 +362,16 @@ async fn paged(
                 (Ok(_), None) | (Err(_), _) => {}
             }
         }
-        for (dataset, batch) in &rows.batches {
-            writer.write(*dataset, batch).await?;
-        }
-        outcome.add_rows(&rows);
-        debug!(page, items = rows.items, position, total = ?expected, "page landed in staging");
+        landed.add_rows(&rows);
+        debug!(page, items = rows.items, position, total = ?expected, "page sent to staging");
+        writer.write(rows.batches).await?;
         if last {
             break;
         }
     }
     writer.commit().await?;
+    outcome.rows = landed.rows;
+    outcome.unknown = landed.unknown;
     let wanted = plan.items_wanted(expected);
     outcome.items = Some(ItemCounts {
         expected: wanted,
@@ -372,6 +379,84 @@ async fn paged(
     });
     info!(expected = ?wanted, loaded = position, "target landed");
     Ok(UnitStatus::Ok)
+}
+
+/// A partition written by a task of its own, page by page, in order: the
+/// caller goes on with the next page while this one is encoded. At most
+/// one page waits. The partition lands only on [`StreamedPartition::commit`];
+/// if the caller stops before (an error, the run abandoned), the task drops
+/// the writer and the previous partition stays.
+struct StreamedPartition {
+    pages: mpsc::Sender<Staged>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+enum Staged {
+    Page(Vec<(Dataset, RecordBatch)>),
+    Commit,
+}
+
+impl StreamedPartition {
+    fn start(mut writer: PartitionWriter) -> Self {
+        let (pages, mut rx) = mpsc::channel::<Staged>(1);
+        let task = tokio::spawn(
+            async move {
+                while let Some(staged) = rx.recv().await {
+                    match staged {
+                        Staged::Page(batches) => {
+                            for (dataset, batch) in &batches {
+                                writer.write(*dataset, batch).await?;
+                            }
+                        }
+                        Staged::Commit => return writer.commit().await,
+                    }
+                }
+                // The unit stopped before its last page: nothing lands.
+                Err(Error::Step {
+                    context: "the partition was abandoned before its last page".into(),
+                    source: "no commit".into(),
+                })
+            }
+            .in_current_span(),
+        );
+        Self { pages, task }
+    }
+
+    /// Queues a page; an error of an earlier page comes back here.
+    async fn write(&mut self, batches: Vec<(Dataset, RecordBatch)>) -> Result<()> {
+        if self.pages.send(Staged::Page(batches)).await.is_err() {
+            // The task ended early: it failed on an earlier page.
+            return self.finish().await;
+        }
+        Ok(())
+    }
+
+    /// Lands the partition once every queued page is written.
+    async fn commit(mut self) -> Result<()> {
+        if self.pages.send(Staged::Commit).await.is_err() {
+            return self.finish().await;
+        }
+        self.finish().await
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Step {
+                context: "the task writing the partition failed".into(),
+                source: Box::new(e),
+            }),
+        }
+    }
+}
+
+impl Drop for StreamedPartition {
+    fn drop(&mut self) {
+        // A unit aborted mid-way must not leave its writer running.
+        if !self.task.is_finished() {
+            self.task.abort();
+        }
+    }
 }
 
 /// Most pages of one target requested ahead of the one being landed.
