@@ -5,7 +5,7 @@
 //! its slot from the [`Pacer`] (requests evenly spaced at
 //! `requests_per_minute`, slowed down when the API still says 40202/40209),
 //! sends, classifies the answer by the status codes inside the envelope
-//! (DESIGN.md §2) and retries what is worth retrying with capped exponential
+//! (`docs/api-behaviour.md`) and retries what is worth retrying with capped exponential
 //! backoff and jitter. Account problems stop every further request.
 //!
 //! A task enters as a serialisable value; an [`Exchange`] leaves: the

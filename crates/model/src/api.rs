@@ -1,4 +1,4 @@
-//! DataForSEO request and response types (DESIGN.md §2).
+//! DataForSEO request and response types (`docs/api-behaviour.md`).
 //!
 //! Every response field is optional: the API sends `null` or omits fields
 //! without notice, and adds new ones. Unknown fields of a result are kept in

@@ -1,4 +1,4 @@
-//! The Arrow schema of every dataset: the data contract of DESIGN.md §3,
+//! The Arrow schema of every dataset: the data contract of `docs/data-contract.md`,
 //! defined once. The normalizer builds batches with these schemas, the sinks
 //! write whatever columns a batch has, and `migrations/` mirror them (a test
 //! in the Postgres sink holds the two together).

@@ -1,4 +1,4 @@
-//! What the API's status codes mean for the pipeline (DESIGN.md §2).
+//! What the API's status codes mean for the pipeline (`docs/api-behaviour.md`).
 //!
 //! The HTTP status is usually 200 and the real outcome is the `status_code`
 //! of the envelope and of the task. Both are classified here, once.

@@ -2,7 +2,7 @@
 //! (summary/live, here) or `(seed, target, mode, position)` (backlinks/live,
 //! in [`backlinks`]).
 //!
-//! The values follow the shapes the real API sends (DESIGN.md §2): counts
+//! The values follow the shapes the real API sends (`docs/api-behaviour.md`): counts
 //! that exceed 2^31, fields that are `null`, maps with the key `""`, maps
 //! that are `null` or empty, and fields the client does not know yet.
 //! Nothing depends on the time, the request order or the request options.

@@ -1,7 +1,7 @@
 //! A local, in-process imitation of the DataForSEO Backlinks API.
 //!
 //! [`Sandbox::start`] binds an HTTP server that answers like the real API
-//! (DESIGN.md §2): the same paths (`POST /v3/backlinks/summary/live` and
+//! (`docs/api-behaviour.md`): the same paths (`POST /v3/backlinks/summary/live` and
 //! the paged `POST /v3/backlinks/backlinks/live`), the same envelope
 //! (`version`, `status_code`, `tasks[]` with `id`, `cost`, `data` echoing
 //! the request, `result`), HTTP Basic auth, one task per live request, the
