@@ -52,23 +52,21 @@ pub(crate) fn describe(key: &PartitionKey) -> String {
 /// table lets the summary and the backlinks of one target load side by side
 /// while two writers of the same table of a partition exclude each other.
 pub(crate) fn lock_key(key: &PartitionKey, dataset: Dataset) -> i64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    use std::hash::Hasher;
+    // The `fnv` crate's hasher is FNV-1a: the keys are those of earlier
+    // versions, so an old and a new process still exclude each other.
     let date = key.snapshot_date.format("%Y-%m-%d").to_string();
-    let mut hash = OFFSET;
+    let mut hash = fnv::FnvHasher::default();
     for part in [
         &*key.pipeline,
         key.target.as_str(),
         date.as_str(),
         dataset.name(),
     ] {
-        let len = (part.len() as u64).to_le_bytes();
-        for byte in len.iter().chain(part.as_bytes()) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(PRIME);
-        }
+        hash.write(&(part.len() as u64).to_le_bytes());
+        hash.write(part.as_bytes());
     }
-    i64::from_ne_bytes(hash.to_ne_bytes())
+    i64::from_ne_bytes(hash.finish().to_ne_bytes())
 }
 
 impl PgPartition {
