@@ -44,7 +44,8 @@ const HEADER_MAGIC: u32 = 0x184D_2A5C;
 /// by an older hash: the index computes the key anew from the record.
 const LEGACY_HEADER_MAGIC: u32 = 0x184D_2A5B;
 /// The format of the records written now ([`ArchiveRecord::v`]): 3 holds
-/// the body as the JSON it is (2 held it as a JSON string; both are read).
+/// the body as the JSON it is, in a zstd frame of its own (2 held it as a
+/// JSON string in the record's one frame; both are read).
 pub const RECORD_VERSION: u32 = 3;
 /// Length of a request key: 32 hexadecimal digits.
 const KEY_LEN: usize = 32;
@@ -118,6 +119,52 @@ pub struct ArchivedAnswer {
     pub cost: f64,
     pub fetched_at: DateTime<Utc>,
     pub body: Bytes,
+}
+
+/// A record without its body: the first frame of a format-3 record.
+#[derive(Serialize)]
+struct RecordHead<'a> {
+    v: u32,
+    run_id: &'a str,
+    endpoint: &'a str,
+    target: &'a str,
+    page: i64,
+    key: &'a str,
+    request: &'a serde_json::Value,
+    http_status: Option<u16>,
+    status_code: Option<i64>,
+    task_id: Option<&'a str>,
+    cost: f64,
+    fetched_at: DateTime<Utc>,
+}
+
+impl<'a> RecordHead<'a> {
+    fn of(record: &'a ArchiveRecord) -> Self {
+        Self {
+            v: record.v,
+            run_id: &record.run_id,
+            endpoint: &record.endpoint,
+            target: &record.target,
+            page: record.page,
+            key: &record.key,
+            request: &record.request,
+            http_status: record.http_status,
+            status_code: record.status_code,
+            task_id: record.task_id.as_deref(),
+            cost: record.cost,
+            fetched_at: record.fetched_at,
+        }
+    }
+}
+
+/// The fields of a record's head an answer needs.
+#[derive(Deserialize)]
+struct HeadFields {
+    http_status: Option<u16>,
+    status_code: Option<i64>,
+    task_id: Option<String>,
+    cost: f64,
+    fetched_at: DateTime<Utc>,
 }
 
 /// The fields of a record an answer needs, borrowed from its JSON.
@@ -205,16 +252,37 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(std::io::Error) ->
 }
 
 /// The bytes of one record: its header frame (with `magic`) and its
-/// record frame. `path` names the file in errors.
+/// record, as two zstd frames from format 3 on: the fields before the body
+/// (`{…,"body":`), then the body and the record's end (`…}` and a newline).
+/// Decompressed together they are one JSON line; a replay decompresses the
+/// body on its own and never scans it. `path` names the file in errors.
 fn encode_record(magic: u32, record: &ArchiveRecord, path: &Path) -> Result<Vec<u8>> {
-    let mut json = serde_json::to_vec(record).map_err(|source| Error::ArchiveEncode {
+    let encode_error = |source| Error::ArchiveEncode {
         path: path.to_path_buf(),
         source: Arc::new(source),
-    })?;
-    json.push(b'\n');
-    let frame =
-        zstd::bulk::compress(&json, LEVEL).map_err(io_error(path, "compressing a record for"))?;
-    drop(json);
+    };
+    let compress = |json: &[u8]| {
+        zstd::bulk::compress(json, LEVEL).map_err(io_error(path, "compressing a record for"))
+    };
+    let frame = if record.v >= 3 {
+        let mut head = serde_json::to_vec(&RecordHead::of(record)).map_err(encode_error)?;
+        // `{…}` → `{…,"body":`
+        head.pop();
+        head.extend_from_slice(b",\"body\":");
+        let mut tail = Vec::with_capacity(record.body.len() + 2);
+        match serde_json::from_str::<&RawValue>(&record.body) {
+            Ok(raw) => tail.extend_from_slice(raw.get().as_bytes()),
+            Err(_) => serde_json::to_writer(&mut tail, &record.body).map_err(encode_error)?,
+        }
+        tail.extend_from_slice(b"}\n");
+        let mut frames = compress(&head)?;
+        frames.extend_from_slice(&compress(&tail)?);
+        frames
+    } else {
+        let mut json = serde_json::to_vec(record).map_err(encode_error)?;
+        json.push(b'\n');
+        compress(&json)?
+    };
     let length = u32::try_from(frame.len())
         .ok()
         .filter(|n| *n <= MAX_FRAME)
@@ -507,12 +575,53 @@ impl ArchiveIndex {
         let mut frame = vec![0u8; location.length as usize];
         file.read_exact(&mut frame)
             .map_err(io_error(path, "reading"))?;
-        let json = Bytes::from(decompress(&frame, path, location.offset)?);
         let unreadable = |source| Error::ArchiveUnreadable {
             path: path.to_path_buf(),
             offset: location.offset,
             source: Arc::new(source),
         };
+        let damaged = |source| Error::ArchiveDamaged {
+            path: path.to_path_buf(),
+            offset: location.offset,
+            source: Arc::new(source),
+        };
+        let first = zstd::zstd_safe::find_frame_compressed_size(&frame).map_err(|code| {
+            damaged(std::io::Error::other(zstd::zstd_safe::get_error_name(code)))
+        })?;
+        if first < frame.len() {
+            // Format 3: the head, then the body alone.
+            let mut head = decompress(&frame[..first], path, location.offset)?;
+            head.extend_from_slice(b"null}");
+            let fields: HeadFields = serde_json::from_slice(&head).map_err(unreadable)?;
+            let tail = &frame[first..];
+            let mut body = match zstd::zstd_safe::get_frame_content_size(tail) {
+                Ok(Some(size)) => zstd::bulk::decompress(tail, usize::try_from(size).unwrap_or(0))
+                    .map_err(damaged)?,
+                _ => decompress(tail, path, location.offset)?,
+            };
+            // `<body>}` and a newline.
+            let end = body.len().saturating_sub(2);
+            if body.get(end..) != Some(b"}\n".as_slice()) {
+                return Err(damaged(std::io::Error::other(
+                    "the record does not end its body",
+                )));
+            }
+            body.truncate(end);
+            let body = if body.first() == Some(&b'"') {
+                Bytes::from(serde_json::from_slice::<String>(&body).map_err(unreadable)?)
+            } else {
+                Bytes::from(body)
+            };
+            return Ok(Some(ArchivedAnswer {
+                http_status: fields.http_status,
+                status_code: fields.status_code,
+                task_id: fields.task_id,
+                cost: fields.cost,
+                fetched_at: fields.fetched_at,
+                body,
+            }));
+        }
+        let json = Bytes::from(decompress(&frame, path, location.offset)?);
         let fields: AnswerFields<'_> = serde_json::from_slice(&json).map_err(unreadable)?;
         let body = if fields.body.get().starts_with('"') {
             Bytes::from(body_text(fields.body).map_err(unreadable)?)
