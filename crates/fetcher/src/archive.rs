@@ -548,7 +548,15 @@ impl ArchiveIndex {
 
     /// Reads the archived answer to `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<ArchiveRecord>> {
-        let Some(location) = self.entries.get(key) else {
+        let Some((path, location, frame)) = self.read(key)? else {
+            return Ok(None);
+        };
+        decode_record(&frame, path, location.offset).map(Some)
+    }
+
+    /// The file, place and bytes (both frames) of the record of `key`.
+    fn read(&self, key: &str) -> Result<Option<(&Path, Location, Vec<u8>)>> {
+        let Some(location) = self.entries.get(key).copied() else {
             return Ok(None);
         };
         let path = &self.files[location.file];
@@ -558,23 +566,16 @@ impl ArchiveIndex {
         let mut frame = vec![0u8; location.length as usize];
         file.read_exact(&mut frame)
             .map_err(io_error(path, "reading"))?;
-        decode_record(&frame, path, location.offset).map(Some)
+        Ok(Some((path, location, frame)))
     }
 
     /// The answer archived for `key`, if any: what [`ArchiveIndex::get`]
     /// gives, without the request and with the body taken from the
     /// decompressed record as it is.
     pub fn answer(&self, key: &str) -> Result<Option<ArchivedAnswer>> {
-        let Some(location) = self.entries.get(key) else {
+        let Some((path, location, frame)) = self.read(key)? else {
             return Ok(None);
         };
-        let path = &self.files[location.file];
-        let mut file = File::open(path).map_err(io_error(path, "opening"))?;
-        file.seek(SeekFrom::Start(location.offset))
-            .map_err(io_error(path, "reading"))?;
-        let mut frame = vec![0u8; location.length as usize];
-        file.read_exact(&mut frame)
-            .map_err(io_error(path, "reading"))?;
         let unreadable = |source| Error::ArchiveUnreadable {
             path: path.to_path_buf(),
             offset: location.offset,

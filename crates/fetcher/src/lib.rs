@@ -137,22 +137,8 @@ fn suffix(cause: Option<&reqwest::Error>) -> String {
     cause.map(|c| format!(": {c}")).unwrap_or_default()
 }
 
-/// An error and its sources on one line, `a: b: c`, for the ledger and
-/// logs. A source whose message the error's own message already ends with
-/// is not repeated.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(source) = next {
-        let text = source.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = source.source();
-    }
-    out
-}
+/// An error and its sources on one line (`backlinks_model::error::chain`).
+pub(crate) use backlinks_model::error::chain as error_chain;
 
 pub type Result<T> = std::result::Result<T, Error>;
 

@@ -13,6 +13,10 @@ pub enum Error {
     /// Bad pipeline file, settings or input: the user fixes the input.
     #[error("{0}")]
     Input(String),
+    /// Another run of the same pipeline and snapshot date holds the day
+    /// (its lock): this one did not start.
+    #[error("{0}")]
+    Held(String),
     /// A step of the run failed; `context` says which, `source` why.
     #[error("{context}")]
     Step {
@@ -27,6 +31,8 @@ pub enum Error {
 pub enum ErrorKind {
     /// Bad pipeline file, settings or input.
     Input,
+    /// Another run of the same pipeline and day is going on.
+    Held,
     /// Anything else: a sink, the state directory, a task.
     Run,
 }
@@ -36,6 +42,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Input(_) => ErrorKind::Input,
+            Error::Held(_) => ErrorKind::Held,
             Error::Step { source, .. } => source
                 .downcast_ref::<Error>()
                 .map_or(ErrorKind::Run, Error::kind),
@@ -76,20 +83,7 @@ where
 }
 
 /// An error and its sources on one line: `a: b: c`.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(source) = next {
-        let text = source.to_string();
-        // Transparent wrappers repeat their source's message.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = source.source();
-    }
-    out
-}
+pub use backlinks_model::error::chain;
 
 #[cfg(test)]
 mod tests {
