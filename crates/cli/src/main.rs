@@ -69,6 +69,9 @@ pub mod exit {
     pub const ACCOUNT: u8 = 3;
     /// The spend cap was reached: dispatching stopped, what was fetched landed.
     pub const BUDGET: u8 = 4;
+    /// Another run of the same pipeline and snapshot date is going on:
+    /// this one did not start (`run --wait` waits for it instead).
+    pub const HELD: u8 = 5;
 }
 
 /// An error the user fixes by changing the input: exit code 2.
@@ -92,7 +95,8 @@ pub struct InputError(pub String);
         a run that did not finish resumes it without paying again for what was archived, and \
         `backlinks replay` re-loads archived answers with no network at all.\n\n\
         Exit codes: 0 ok, 1 some units failed or the run was interrupted, 2 bad config or input, \
-        3 account problem (auth, balance), 4 spend cap reached (budget.max_cost_usd or --max-cost)."
+        3 account problem (auth, balance), 4 spend cap reached (budget.max_cost_usd or --max-cost), \
+        5 another run holds this pipeline and day (nothing was done; `run --wait` waits for it)."
 )]
 struct Cli {
     /// Log format on stderr.
@@ -144,6 +148,10 @@ enum Command {
         /// Never draw a progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// If another run of this pipeline and snapshot date is going on,
+        /// wait for it to end instead of refusing at once (exit code 5).
+        #[arg(long)]
+        wait: bool,
     },
     /// Show the runs of a pipeline on a snapshot date: status, units, cost,
     /// answers archived, failed units, and whether one needs resuming.
@@ -220,6 +228,10 @@ pub struct RunArgs {
     /// Spend cap in USD for this run (overrides budget.max_cost_usd; 0 = no cap).
     #[arg(long, value_name = "USD")]
     pub max_cost: Option<f64>,
+    /// If another run of this pipeline and snapshot date is going on, wait
+    /// for it to end instead of refusing at once (exit code 5).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 fn main() -> ExitCode {
@@ -244,11 +256,15 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!("{e:#}"),
                 LogFormat::Text => eprintln!("error: {e:#}"),
             }
-            let input = e.downcast_ref::<InputError>().is_some()
-                || e.downcast_ref::<backlinks_pipeline::Error>()
-                    .is_some_and(|e| e.kind() == backlinks_pipeline::ErrorKind::Input);
-            if input {
+            let kind = e
+                .downcast_ref::<backlinks_pipeline::Error>()
+                .map(backlinks_pipeline::Error::kind);
+            if e.downcast_ref::<InputError>().is_some()
+                || kind == Some(backlinks_pipeline::ErrorKind::Input)
+            {
                 ExitCode::from(exit::BAD_INPUT)
+            } else if kind == Some(backlinks_pipeline::ErrorKind::Held) {
+                ExitCode::from(exit::HELD)
             } else {
                 ExitCode::from(exit::PARTIAL)
             }
@@ -277,6 +293,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             run_id,
             targets,
             no_progress,
+            wait,
         } => {
             let args = RunArgs {
                 pipeline,
@@ -287,6 +304,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 refetch: false,
                 retry_failed: false,
                 max_cost: None,
+                wait,
             };
             run::execute(args, run::Source::Replay { run_id }).await
         }

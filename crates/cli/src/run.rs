@@ -154,7 +154,10 @@ pub async fn execute(args: RunArgs, source: Source) -> anyhow::Result<u8> {
     let shutdown = Shutdown::default();
     let signals = tokio::spawn(watch_signals(shutdown.clone(), spec.shutdown_grace));
     let progress = Progress::new(args.no_progress);
-    let report = Pipeline::new(spec, options, shutdown).run(&progress).await;
+    let report = Pipeline::new(spec, options, shutdown)
+        .wait_for_lock(args.wait)
+        .run(&progress)
+        .await;
     progress.finish();
     signals.abort();
     if let Some(sandbox) = sandbox {

@@ -20,6 +20,7 @@ use crate::config::PipelineSpec;
 use crate::cpu::CpuPool;
 use crate::endpoints::{self, EndpointModule};
 use crate::error::{Context, Error, Result, chain};
+use crate::lock;
 use crate::report::{RunReport, UnitStatus};
 use crate::sinks::{Ledger, Sinks, partition_slots};
 use crate::state;
@@ -113,6 +114,7 @@ pub struct Pipeline {
     spec: PipelineSpec,
     options: RunOptions,
     shutdown: Shutdown,
+    wait_for_lock: bool,
 }
 
 impl Pipeline {
@@ -121,13 +123,25 @@ impl Pipeline {
             spec,
             options,
             shutdown,
+            wait_for_lock: false,
         }
     }
 
+    /// When another run of the same pipeline and snapshot date is going
+    /// on, wait for it to end instead of refusing at once (the default,
+    /// an error of kind [`ErrorKind::Held`](crate::ErrorKind::Held)).
+    pub fn wait_for_lock(mut self, wait: bool) -> Self {
+        self.wait_for_lock = wait;
+        self
+    }
+
     /// Runs every unit and lands what it can. An `Err` means the run could
-    /// not start or could not record its end (bad input, a sink or the
-    /// state directory unreachable); what happened to the units is in the
-    /// report.
+    /// not start or could not record its end (bad input, another run of
+    /// the same pipeline and day going on, a sink or the state directory
+    /// unreachable); what happened to the units is in the report.
+    ///
+    /// The run first takes the lock of its pipeline and snapshot date
+    /// (see [`crate::lock`]) and holds it to the end.
     pub async fn run(self, observer: &dyn Observer) -> Result<RunReport> {
         let run_id = uuid::Uuid::now_v7().to_string();
         let span = info_span!(
@@ -144,10 +158,15 @@ impl Pipeline {
             spec,
             options,
             shutdown,
+            wait_for_lock,
         } = self;
         let clock = Instant::now();
-        let started_at = Utc::now();
         let snapshot_date = options.snapshot_date;
+        let runs_dir = state::runs_dir(&spec.state_dir, &spec.name, snapshot_date);
+        // Held until this function returns; the OS releases it if the
+        // process dies.
+        let _lock = lock::acquire(&runs_dir, &run_id, wait_for_lock, &shutdown.stop).await?;
+        let started_at = Utc::now();
         let mode = options.mode;
         let list = match options.targets {
             Some(list) => list,
@@ -155,7 +174,6 @@ impl Pipeline {
         };
         targets::require_some(&list, &spec.targets)?;
         let archive_dir = state::archive_dir(&spec.state_dir, &spec.name, snapshot_date);
-        let runs_dir = state::runs_dir(&spec.state_dir, &spec.name, snapshot_date);
         let modules = endpoints::modules(&spec);
         let endpoints: Vec<Endpoint> = modules.iter().map(|m| m.endpoint()).collect();
         let mut units: Vec<WorkUnit> = work_units(&list.targets, &endpoints).collect();

@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod endpoints;
 mod engine;
 pub mod error;
+pub mod lock;
 pub mod report;
 pub mod sinks;
 pub mod state;

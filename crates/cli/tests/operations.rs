@@ -1,0 +1,184 @@
+//! A nightly job an operator can trust: one run of a pipeline and day at
+//! a time, nothing waits forever, one truthful outcome, errors that point
+//! at the right place. Each test runs the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SNAPSHOT: &str = "2026-03-04";
+
+/// A pipeline on the embedded sandbox whose answers take `latency_ms`
+/// each, one at a time: a run of `targets` takes about their product.
+fn slow_pipeline(dir: &Path, name: &str, targets: &[&str], latency_ms: u64) -> PathBuf {
+    write_pipeline(
+        &dir.join(format!("{name}.toml")),
+        name,
+        targets,
+        &format!(
+            r#"[endpoints.summary]
+[api]
+max_in_flight = 1
+[sinks.parquet]
+dir = "data"
+[state]
+dir = "state"
+[sandbox]
+latency_ms = {latency_ms}
+latency_jitter_ms = 0
+"#
+        ),
+    )
+}
+
+fn runs_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("state/runs")
+        .join(name)
+        .join(format!("snapshot_date={SNAPSHOT}"))
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Child {
+    backlinks_command(args, env, cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+fn finish(child: Child) -> Run {
+    Run {
+        output: child.wait_with_output().expect("the binary ends"),
+    }
+}
+
+/// Waits until a run of `name` has written its `running` manifest; returns
+/// its run id.
+fn running_run_id(dir: &Path, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = std::fs::read_dir(runs_dir(dir, name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find_map(|n| {
+                (!n.starts_with('.') && n.ends_with(".json"))
+                    .then(|| n.trim_end_matches(".json").to_owned())
+            });
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no run of {name} started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn output_of(run: &Run) -> String {
+    format!(
+        "code {}\nstdout:\n{}\nstderr:\n{}",
+        run.code(),
+        run.stdout(),
+        run.stderr()
+    )
+}
+
+#[test]
+fn a_second_run_of_the_same_pipeline_and_day_refuses_at_once_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = slow_pipeline(dir.path(), "ops", &["a.example.com", "b.example.com"], 1500);
+    let p = p.to_str().unwrap();
+    let args = ["run", p, "--as-of", SNAPSHOT, "--no-progress"];
+    let first = spawn(&args, &[], dir.path());
+    let first_id = running_run_id(dir.path(), "ops");
+
+    let started = Instant::now();
+    let second = backlinks(&args, &[], dir.path());
+    let took = started.elapsed();
+    assert_eq!(second.code(), 5, "{}", output_of(&second));
+    assert!(
+        took < Duration::from_secs(2),
+        "refused after {took:?}: {}",
+        output_of(&second)
+    );
+    assert!(
+        second.stderr().contains(&first_id) && second.stderr().contains("another run holds"),
+        "{}",
+        output_of(&second)
+    );
+
+    let first = finish(first);
+    assert_eq!(first.code(), 0, "{}", output_of(&first));
+    // The refused run left no trace: one manifest, that of the first.
+    let manifests: Vec<_> = std::fs::read_dir(runs_dir(dir.path(), "ops"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .collect();
+    assert_eq!(manifests, vec![format!("{first_id}.json")]);
+}
+
+#[test]
+fn with_wait_the_second_run_waits_for_the_first_and_then_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = slow_pipeline(dir.path(), "opswait", &["a.example.com"], 1500);
+    let p = p.to_str().unwrap();
+    let args = ["run", p, "--as-of", SNAPSHOT, "--no-progress"];
+    let first = spawn(&args, &[], dir.path());
+    running_run_id(dir.path(), "opswait");
+    let second = spawn(
+        &["run", p, "--as-of", SNAPSHOT, "--no-progress", "--wait"],
+        &[],
+        dir.path(),
+    );
+    let first = finish(first);
+    assert_eq!(first.code(), 0, "{}", output_of(&first));
+    let second = finish(second);
+    assert_eq!(second.code(), 0, "{}", output_of(&second));
+    assert!(
+        second.stderr().contains("waiting for another run"),
+        "{}",
+        output_of(&second)
+    );
+}
+
+#[test]
+fn a_killed_run_never_leaves_the_day_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = slow_pipeline(
+        dir.path(),
+        "opskill",
+        &["a.example.com", "b.example.com"],
+        3000,
+    );
+    let p = p.to_str().unwrap();
+    let args = ["run", p, "--as-of", SNAPSHOT, "--no-progress"];
+    let mut first = spawn(&args, &[], dir.path());
+    running_run_id(dir.path(), "opskill");
+    first.kill().unwrap(); // SIGKILL
+    let killed = finish(first);
+    assert_eq!(killed.code(), -1, "{}", output_of(&killed));
+
+    let fast = slow_pipeline(
+        dir.path(),
+        "opskill",
+        &["a.example.com", "b.example.com"],
+        1,
+    );
+    let next = backlinks(
+        &[
+            "run",
+            fast.to_str().unwrap(),
+            "--as-of",
+            SNAPSHOT,
+            "--no-progress",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(next.code(), 0, "{}", output_of(&next));
+}
