@@ -60,14 +60,28 @@ pub struct Load {
 }
 
 impl Load {
-    fn target_list(self) -> String {
+    /// The target names, `items<N>.example.com`.
+    pub fn targets(self) -> Vec<String> {
         (0..self.targets)
-            .map(|i| format!("\"items{}.example.com\"", self.items + i))
+            .map(|i| format!("items{}.example.com", self.items + i))
+            .collect()
+    }
+
+    /// Backlinks of all targets: N + (N + 1) + ….
+    pub fn total_items(self) -> u64 {
+        self.targets * self.items + self.targets * self.targets.saturating_sub(1) / 2
+    }
+
+    fn target_list(self) -> String {
+        self.targets()
+            .iter()
+            .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ")
     }
 
-    fn describe(self) -> String {
+    /// `1,000,000`, or `10 × 100,000` for several targets.
+    pub fn describe(self) -> String {
         match self.targets {
             1 => thousands(self.items as f64),
             n => format!("{n} × {}", thousands(self.items as f64)),
@@ -112,7 +126,7 @@ latency_jitter_ms = 0
 }
 
 /// `VmHWM:   123456 kB` of a `/proc/<pid>/status` → bytes.
-fn vm_hwm(status: &str) -> Option<u64> {
+pub fn vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
@@ -120,7 +134,7 @@ fn vm_hwm(status: &str) -> Option<u64> {
 
 /// `  rows      backlinks 100000, backlink_redirects 16072` → the two
 /// counts.
-fn rows_line(output: &str) -> Option<(u64, u64)> {
+pub fn rows_line(output: &str) -> Option<(u64, u64)> {
     let line = output
         .lines()
         .find(|l| l.trim_start().starts_with("rows "))?;
@@ -150,34 +164,47 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error
     }
 }
 
-/// Runs the binary once in a fresh directory (blocking).
-pub fn run(binary: &Path, load: Load, database: Option<&Scratch>) -> Result<E2eRun> {
-    let dir =
-        tempfile::tempdir().map_err(io("creating a temporary directory", &std::env::temp_dir()))?;
-    let file = dir.path().join("bench-e2e.toml");
-    std::fs::write(&file, pipeline(load, database.is_some())).map_err(io("writing", &file))?;
-    let out_path = dir.path().join("output.txt");
-    let out = File::create(&out_path).map_err(io("creating", &out_path))?;
-    let err = out.try_clone().map_err(io("opening", &out_path))?;
-    let mut command = Command::new(binary);
-    command
-        .arg("run")
-        .arg(&file)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+/// What a child process did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildRun {
+    /// Exit code (`-1` when a signal ended it).
+    pub exit_code: i32,
+    /// From spawn to exit.
+    pub seconds: f64,
+    /// Largest `VmHWM` seen, bytes (`None` if it could not be read).
+    pub peak_rss: Option<u64>,
+    /// Its stdout and stderr, interleaved.
+    pub output: String,
+}
+
+impl ChildRun {
+    /// The last `lines` lines of the output, for an error message.
+    pub fn tail(&self, lines: usize) -> String {
+        let tail: Vec<&str> = self.output.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Takes the pipeline's settings and credentials from the environment
+/// away from `command`: the pipeline file alone says what runs.
+pub fn clean_env(command: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("BACKLINKS__") || key.starts_with("DATAFORSEO_") {
             command.env_remove(key);
         }
     }
     command.env_remove("DATABASE_URL");
-    if let Some(db) = database {
-        command.env("DATABASE_URL", &db.url);
-    }
+}
+
+/// Spawns `command` with its output going to a file in `dir`, reads its
+/// peak resident memory while it runs, and waits for it (blocking).
+pub fn measure(mut command: Command, dir: &Path, program: &Path) -> Result<ChildRun> {
+    let out_path = dir.join("output.txt");
+    let out = File::create(&out_path).map_err(io("creating", &out_path))?;
+    let err = out.try_clone().map_err(io("opening", &out_path))?;
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
     let start = Instant::now();
-    let mut child = command.spawn().map_err(io("starting", binary))?;
+    let mut child = command.spawn().map_err(io("starting", program))?;
     let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
     let mut peak: Option<u64> = None;
     let status = loop {
@@ -187,33 +214,51 @@ pub fn run(binary: &Path, load: Load, database: Option<&Scratch>) -> Result<E2eR
         {
             peak = Some(peak.map_or(hwm, |p| p.max(hwm)));
         }
-        match child.try_wait().map_err(io("waiting for", binary))? {
+        match child.try_wait().map_err(io("waiting for", program))? {
             Some(status) => break status,
             None => std::thread::sleep(POLL),
         }
     };
     let seconds = start.elapsed().as_secs_f64();
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let exit_code = status.code().unwrap_or(-1);
-    if exit_code != 0 {
-        let tail: Vec<&str> = output.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Ok(ChildRun {
+        exit_code: status.code().unwrap_or(-1),
+        seconds,
+        peak_rss: peak,
+        output: std::fs::read_to_string(&out_path).unwrap_or_default(),
+    })
+}
+
+/// Runs the binary once in a fresh directory (blocking).
+pub fn run(binary: &Path, load: Load, database: Option<&Scratch>) -> Result<E2eRun> {
+    let dir =
+        tempfile::tempdir().map_err(io("creating a temporary directory", &std::env::temp_dir()))?;
+    let file = dir.path().join("bench-e2e.toml");
+    std::fs::write(&file, pipeline(load, database.is_some())).map_err(io("writing", &file))?;
+    let mut command = Command::new(binary);
+    command.arg("run").arg(&file).current_dir(dir.path());
+    clean_env(&mut command);
+    if let Some(db) = database {
+        command.env("DATABASE_URL", &db.url);
+    }
+    let child = measure(command, dir.path(), binary)?;
+    if child.exit_code != 0 {
         return Err(Error::Child {
             program: binary.display().to_string(),
             message: format!(
-                "run of {} items exited with {exit_code}:\n{}",
+                "run of {} items exited with {}:\n{}",
                 load.describe(),
-                tail.join("\n")
+                child.exit_code,
+                child.tail(15)
             ),
         });
     }
     Ok(E2eRun {
         load,
         postgres: database.is_some(),
-        exit_code,
-        seconds,
-        peak_rss: peak,
-        rows: rows_line(&output),
+        exit_code: child.exit_code,
+        seconds: child.seconds,
+        peak_rss: child.peak_rss,
+        rows: rows_line(&child.output),
     })
 }
 
@@ -234,8 +279,8 @@ pub fn loads(size: Size) -> Vec<Load> {
             one(1_000_000),
             one(10_000_000),
             Load {
-                targets: 60,
-                items: 30_000,
+                targets: 100,
+                items: 10_000,
             },
         ],
     }
@@ -300,7 +345,8 @@ pub async fn section(size: Size) -> Result<Section> {
     Ok(render(command, &runs, pg_note.as_deref()))
 }
 
-fn mib(bytes: u64) -> String {
+/// `123 MiB`.
+pub fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
@@ -317,7 +363,8 @@ fn render(command: String, runs: &[E2eRun], pg_note: Option<&str>) -> Section {
     let mut body = String::from(
         "The real `backlinks` binary (`backlinks run`) on a pipeline with one target \
          `items<N>.example.com` (the sandbox serves exactly N backlinks), then with many \
-         such targets of N, N + 1, … items (`targets × N`), pages of 1000 \
+         such targets of N, N + 1, … items (`targets × N`; 100 × 10,000 is about a million \
+         items, as in the single target of 1,000,000 but spread over targets), pages of 1000 \
          (by offset to 20,000, then by `search_after_token`, so one page ahead at most), the \
          embedded sandbox with no latency and no cap, `api.requests_per_minute` 1,000,000, \
          into Parquet and Postgres (a scratch database, dropped afterwards). The sandbox \
@@ -410,5 +457,12 @@ mod tests {
             "list = [\"items10.example.com\", \"items11.example.com\", \"items12.example.com\"]"
         ));
         assert_eq!(three.describe(), "3 × 10");
+        assert_eq!(three.total_items(), 33);
+        let ten = Load {
+            targets: 10,
+            items: 100_000,
+        };
+        assert_eq!(ten.total_items(), 1_000_045);
+        assert_eq!(ten.targets()[9], "items100009.example.com");
     }
 }

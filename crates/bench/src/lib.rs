@@ -5,20 +5,29 @@
 //! them): [`fetch`] how close the fetcher comes to the API's limits
 //! against the sandbox (latency × per-minute cap, 40202/40209 answers, a
 //! 40202 storm), [`stages`] the normalizer and both sinks on one core,
-//! [`e2e`] the real `backlinks` binary on large targets with its peak
-//! memory, and [`peer`] the same pages loaded by dlt. Data enters from the
-//! sandbox's deterministic generator ([`pages::fetch_pages`] fetches real
-//! backlinks/live answers from an in-process sandbox); figures leave as
-//! text on stdout and, for `all`, as `BENCHMARKS.md` ([`report::document`]).
-//! The `backlinks-bench` binary wires them; `--quick` runs every benchmark
-//! at a tiny size so that CI keeps the suite working.
+//! [`peer`] the same pages loaded by dlt, [`replay`] a replay of a raw
+//! archive of a million items by the run engine as a library and by the
+//! binary on every core and on one, [`duckdb`] DuckDB turning the same
+//! answers into Parquet, [`pg_ceiling`] our Postgres load against the
+//! server's own `COPY` from a file, and [`e2e`] the real `backlinks` binary
+//! on large targets with its peak memory. Data enters from the sandbox's
+//! deterministic generator, fetched by the run engine
+//! ([`library::fetch`]; [`pages::fetch_pages`] reads its answers back from
+//! the raw archive); figures leave as text on stdout and, for `all`, as
+//! `BENCHMARKS.md` ([`report::document`]). The `backlinks-bench` binary
+//! wires them; `--quick` runs every benchmark at a tiny size so that CI
+//! keeps the suite working.
 
+pub mod duckdb;
 pub mod e2e;
 pub mod fetch;
+pub mod library;
 pub mod machine;
 pub mod pages;
 pub mod peer;
 pub mod pg;
+pub mod pg_ceiling;
+pub mod replay;
 pub mod report;
 pub mod stages;
 
@@ -91,6 +100,32 @@ impl Size {
             Size::Full => "",
         }
     }
+}
+
+/// An error and its sources, `: `-separated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Where the suite keeps what it builds once and reuses (the raw archive
+/// of the replay benchmark): `BACKLINKS_BENCH_WORK`, or
+/// `backlinks-bench-work` in the Cargo target directory this binary was
+/// built into (outside the repository, kept between runs).
+pub fn work_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BACKLINKS_BENCH_WORK") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("backlinks-bench-work")))
+        .unwrap_or_else(|| std::env::temp_dir().join("backlinks-bench-work"))
 }
 
 /// Rows (or requests) per second, `0` when no time passed.

@@ -6,16 +6,20 @@ use std::process::ExitCode;
 
 use backlinks_bench::machine::Machine;
 use backlinks_bench::report::{Section, document};
-use backlinks_bench::{Result, Size, e2e, fetch, pages, peer, stages};
+use backlinks_bench::{Result, Size, duckdb, e2e, fetch, pages, peer, pg_ceiling, replay, stages};
 use clap::{Parser, ValueEnum};
 
 /// Benchmarks of the backlinks pipeline: fetch efficiency against the
-/// sandbox, the stages per core, the binary end to end, and dlt as a peer.
+/// sandbox, the stages per core, dlt as a peer, a replay of a million
+/// items on every core and on one, DuckDB as a peer on the same answers,
+/// the Postgres load against the server's own COPY, and the binary end to
+/// end.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
     /// Which benchmarks to run (`all` for every one; `peer` also runs
-    /// `stages`, whose figures it is compared with).
+    /// `stages`, and `duckdb` also runs `replay`, whose figures they are
+    /// compared with).
     #[arg(value_enum, required = true)]
     benchmarks: Vec<Bench>,
     /// Tiny sizes, seconds in all: proves the suite works (CI). Writes
@@ -44,8 +48,24 @@ enum Bench {
     Stages,
     E2e,
     Peer,
+    /// Replay of a raw archive of 1M items: the library, the binary on
+    /// every core and on one (the archive is built once and kept in the
+    /// work directory, `BACKLINKS_BENCH_WORK`).
+    Replay,
+    /// DuckDB turning the replay's answers into Parquet.
+    Duckdb,
+    /// The Postgres load against the server's own `COPY` from a file.
+    PgCeiling,
     /// The 40202 storm of `fetch` alone.
     Storm,
+}
+
+impl Bench {
+    /// The name on the command line.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,6 +132,21 @@ async fn run(cli: &Cli) -> Result<()> {
             show(peer::section(size, &pages, &figures).await?, &mut sections);
         }
     }
+    if wants(Bench::Replay) || wants(Bench::Duckdb) {
+        let mut archive = replay::archive(size).await?;
+        eprintln!("replay: {} items ...", archive.load.describe());
+        let figures = replay::measure(size, &mut archive).await?;
+        show(replay::section(size, &figures), &mut sections);
+        if wants(Bench::Duckdb) {
+            show(
+                duckdb::section(size, &archive, &figures).await?,
+                &mut sections,
+            );
+        }
+    }
+    if wants(Bench::PgCeiling) {
+        show(pg_ceiling::section(size).await?, &mut sections);
+    }
     if wants(Bench::E2e) {
         show(e2e::section(size).await?, &mut sections);
     }
@@ -128,7 +163,7 @@ async fn run(cli: &Cli) -> Result<()> {
             "cargo run --release -p backlinks-bench -- {}{}",
             cli.benchmarks
                 .iter()
-                .map(|b| format!("{b:?}").to_lowercase())
+                .map(|b| b.name())
                 .collect::<Vec<_>>()
                 .join(" "),
             size.flag()

@@ -1,18 +1,20 @@
 //! Real backlinks/live answers to measure the stages with: fetched once
-//! from an in-process sandbox (no cap, no latency, no faults), exactly as
-//! the pipeline receives them.
+//! by the run engine from an in-process sandbox (no cap, no latency, no
+//! faults) and read back from its raw archive, exactly as the pipeline
+//! receives them.
 
 use std::path::Path;
 use std::time::Duration;
 
 use backlinks_fetcher::{Fetcher, FetcherConfig, RetryPolicy};
-use backlinks_model::api::{BacklinksPage, BacklinksRequest};
+use backlinks_model::api::BacklinksPage;
 use backlinks_model::{Endpoint, PartitionKey, Secret, Target};
 use backlinks_sandbox::{Sandbox, SandboxConfig};
 use bytes::Bytes;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::library::BenchPipeline;
 use crate::{Error, Result};
 
 /// The target whose pages the stage benchmarks use: a million items, so
@@ -21,10 +23,6 @@ pub const PAGES_TARGET: &str = "items1000000.example.com";
 
 /// Items per page: the API's maximum, as the pipeline asks.
 pub const PAGE_SIZE: u32 = 1000;
-
-/// Largest `offset` the API accepts; deeper pages need the previous
-/// page's `search_after_token`.
-const MAX_OFFSET: u64 = 20_000;
 
 /// Login and password of the in-process sandboxes (loopback only).
 pub(crate) const LOGIN: &str = "bench";
@@ -48,7 +46,7 @@ pub fn partition(pipeline: &str) -> PartitionKey {
     PartitionKey {
         pipeline: pipeline.into(),
         target: Target::from_normalized(PAGES_TARGET),
-        snapshot_date: NaiveDate::from_ymd_opt(2026, 11, 25).unwrap_or_default(),
+        snapshot_date: crate::library::snapshot_date(),
     }
 }
 
@@ -87,61 +85,70 @@ pub(crate) async fn sandbox(config: SandboxConfig) -> Result<Sandbox> {
 }
 
 /// The first `count` pages of 1000 items of [`PAGES_TARGET`] (seed 42),
-/// fetched like the pipeline does: by offset up to 20,000, then by the
-/// previous page's `search_after_token`.
+/// fetched by the run engine itself (`backlinks_pipeline`, capped at
+/// `count` × 1000 items, into a throwaway state and Parquet directory),
+/// then read back from the raw archive the run left: every answer exactly
+/// as the engine received it, paged as the engine pages (by offset up to
+/// 20,000, then by the previous page's `search_after_token`).
 pub async fn fetch_pages(count: usize) -> Result<Vec<Page>> {
-    let sandbox = sandbox(SandboxConfig {
-        requests_per_minute: 0,
-        max_in_flight: 0,
-        ..SandboxConfig::default()
-    })
-    .await?;
-    let fetcher = fetcher(sandbox.base_url(), 1_000_000, 30)?;
-    let mut pages = Vec::with_capacity(count);
-    let mut position: u64 = 0;
-    let mut token: Option<String> = None;
-    for page in 0..count {
-        let page_no = i64::try_from(page).unwrap_or(i64::MAX);
-        let failed = |message: String| Error::Fetch {
-            target: PAGES_TARGET.into(),
-            page: page_no,
-            message,
-        };
-        let (offset, search_after_token) = if position <= MAX_OFFSET {
-            (u32::try_from(position).unwrap_or(0), None)
-        } else {
-            match &token {
-                Some(t) => (0, Some(t.clone())),
-                None => return Err(failed("no search_after_token past offset 20,000".into())),
-            }
-        };
-        let request = BacklinksRequest {
-            target: PAGES_TARGET.into(),
-            offset: Some(offset),
-            limit: Some(PAGE_SIZE),
-            search_after_token,
-            ..BacklinksRequest::default()
-        };
-        let exchange = fetcher
-            .post(Endpoint::Backlinks, PAGES_TARGET, page_no, &request)
-            .await;
-        let fetched = exchange.result.map_err(|e| failed(e.to_string()))?;
-        let info = BacklinksPage::from_body(&fetched.body).map_err(|e| failed(e.to_string()))?;
-        let items = info.items_count.unwrap_or(0);
-        if items <= 0 {
-            return Err(failed("the page has no items".into()));
+    let dir = tempfile::tempdir().map_err(|source| Error::Io {
+        action: "creating a temporary directory",
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let pipeline = BenchPipeline {
+        name: "bench-pages".into(),
+        targets: vec![PAGES_TARGET.into()],
+        max_items: Some(count as u64 * u64::from(PAGE_SIZE)),
+        state_dir: dir.path().join("state"),
+        parquet_dir: dir.path().join("data"),
+    };
+    crate::library::fetch(&pipeline).await?;
+    let archive = pipeline.archive_dir();
+    tokio::task::spawn_blocking(move || archived_pages(&archive))
+        .await
+        .map_err(|e| Error::Child {
+            program: "raw archive".into(),
+            message: e.to_string(),
+        })?
+}
+
+/// The backlinks/live answers archived in `dir`, in page order, each with
+/// the position of its first item (the items of the pages before it).
+pub fn archived_pages(dir: &Path) -> Result<Vec<Page>> {
+    let mut records = Vec::new();
+    crate::library::for_each_record(dir, |record| {
+        if record.endpoint == Endpoint::Backlinks.name() {
+            records.push(record);
         }
+        Ok(())
+    })?;
+    records.sort_by(|a, b| (&a.target, a.page).cmp(&(&b.target, b.page)));
+    let mut pages = Vec::with_capacity(records.len());
+    let mut position: u64 = 0;
+    let mut target = None;
+    for record in records {
+        if target.as_ref() != Some(&record.target) {
+            position = 0;
+            target = Some(record.target.clone());
+        }
+        let body = Bytes::from(record.body);
+        let info = BacklinksPage::from_body(&body).map_err(|e| Error::Fetch {
+            target: record.target.clone(),
+            page: record.page,
+            message: e.to_string(),
+        })?;
         pages.push(Page {
             first_position: i64::try_from(position).unwrap_or(i64::MAX),
-            body: fetched.body,
-            task_id: fetched.task_id,
-            cost: fetched.cost,
-            fetched_at: fetched.fetched_at,
+            body,
+            task_id: record.task_id,
+            cost: record.cost,
+            fetched_at: record.fetched_at,
         });
-        position += u64::try_from(items).unwrap_or(0);
-        token = info.search_after_token;
+        position += info
+            .items_count
+            .map_or(0, |n| u64::try_from(n).unwrap_or(0));
     }
-    sandbox.shutdown().await;
     Ok(pages)
 }
 

@@ -52,7 +52,7 @@ impl PeerLoad {
 }
 
 /// The first ancestor of the working directory holding `relative`.
-fn find_up(relative: &str) -> Option<PathBuf> {
+pub fn find_up(relative: &str) -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
     cwd.ancestors()
         .map(|dir| dir.join(relative))
@@ -64,14 +64,20 @@ pub fn locate() -> std::result::Result<(PathBuf, PathBuf), String> {
     let script = find_up(SCRIPT).ok_or_else(|| {
         format!("`{SCRIPT}` not found above the working directory (run from the repository)")
     })?;
-    let python = match std::env::var_os("BENCH_PEER_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => find_up(VENV_PYTHON).ok_or_else(|| {
-            "dlt is not installed: run `scripts/bench-peer/setup.sh` to create `.venv-bench-peer`"
-                .to_owned()
-        })?,
-    };
+    let python = python().ok_or_else(|| {
+        "dlt is not installed: run `scripts/bench-peer/setup.sh` to create `.venv-bench-peer`"
+            .to_owned()
+    })?;
     Ok((python, script))
+}
+
+/// The interpreter of the peers' virtual environment: `BENCH_PEER_PYTHON`,
+/// or `.venv-bench-peer/bin/python` above the working directory.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("BENCH_PEER_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => find_up(VENV_PYTHON),
+    }
 }
 
 /// Runs the peer on `pages` (blocking): Parquet, and Postgres into
