@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter, RECORD_VERSION, request_key};
-use crate::{Budget, Error, FetcherConfig, Pacer, Result, error_chain};
+use crate::{Budget, Error, FetcherConfig, Pacer, Result, account_advice, error_chain};
 
 /// A successful answer, ready for the normalizer.
 #[derive(Debug, Clone)]
@@ -381,6 +381,11 @@ impl Fetcher {
             }
             let permit = self.cancellable(self.in_flight.acquire()).await?;
             let sent_at = self.cancellable(self.pacer.acquire()).await?;
+            // The run may have stopped while this caller waited for its slot
+            // (an account problem answered elsewhere): send nothing more.
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             if let Some(budget) = &self.budget {
                 if !budget.reserve(request.estimate) {
                     self.cancel.cancel();
@@ -461,8 +466,13 @@ impl Fetcher {
                 }
                 Outcome::Transient => {}
                 Outcome::Account => {
+                    let code = verdict
+                        .status_code
+                        .or(verdict.http_status.map(i64::from))
+                        .unwrap_or_default();
                     let error = Error::Account {
-                        code: verdict.status_code.unwrap_or_default(),
+                        code,
+                        advice: account_advice(code, Utc::now()),
                         message: verdict.message,
                     };
                     let _ = self.account_problem.set(error.clone());

@@ -37,6 +37,7 @@ pub use client::{Exchange, Fetched, Fetcher, FetcherStats};
 pub use pacer::Pacer;
 
 use backlinks_model::Secret;
+use chrono::{DateTime, NaiveTime, Utc};
 
 /// Errors of one request (all attempts together), and of the raw archive.
 /// Messages quote the API's status code and message, never credentials.
@@ -47,10 +48,13 @@ use backlinks_model::Secret;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Authentication, payment or account state: the run must stop.
-    #[error(
-        "account problem: the API answered {code} `{message}`; every further request would fail too"
-    )]
-    Account { code: i64, message: String },
+    /// `advice` says what to do about it ([`account_advice`]).
+    #[error("account problem: the API answered {code} `{message}`; {advice}")]
+    Account {
+        code: i64,
+        message: String,
+        advice: String,
+    },
     /// The request is wrong; sending it again would not help.
     #[error("request refused: the API answered {code} `{message}`")]
     BadRequest { code: i64, message: String },
@@ -132,6 +136,55 @@ pub enum Error {
     ArchiveWriter(#[source] Arc<tokio::task::JoinError>),
 }
 
+/// What to do about an account problem with status `code` (the envelope's
+/// or task's `status_code`, or the HTTP status when there is none) that
+/// arrived at `now`. Every further request would fail the same way, so the
+/// run stops; the advice says what lifts the refusal.
+pub fn account_advice(code: i64, now: DateTime<Utc>) -> String {
+    match code {
+        40100 | 401 => "check the API login and password (the API password from the dashboard's \
+             API Access page, not the account's own password)"
+            .into(),
+        40200 | 402 => "the account's balance or payment needs attention: top it up in the \
+             DataForSEO dashboard, then run the same command again"
+            .into(),
+        40201 => "the account is blocked for the moment (suspicious activity): contact \
+             DataForSEO support"
+            .into(),
+        40203 => {
+            let reset = next_utc_midnight(now);
+            let left = reset - now;
+            format!(
+                "the account's daily spending limit is reached; it resets at 00:00 UTC, next \
+                 at {} (in {} h {:02} min): run the same command again after that, or raise \
+                 the limit in the DataForSEO dashboard",
+                reset.format("%Y-%m-%d %H:%M UTC"),
+                left.num_hours(),
+                left.num_minutes() % 60
+            )
+        }
+        40204 => "the account's plan does not include this API: subscribe to it in the \
+             DataForSEO dashboard, then run the same command again"
+            .into(),
+        40205 => "the account's limit on duplicate tasks per hour is reached: raise or lift \
+             it in the DataForSEO dashboard, or run the same command again in an hour"
+            .into(),
+        40206 => "the account's limit on duplicate tasks per day is reached: raise or lift \
+             it in the DataForSEO dashboard, or run the same command again tomorrow"
+            .into(),
+        40207 => "this machine's IP address is not on the account's whitelist: add it in the \
+             DataForSEO dashboard (API access settings), or run from a whitelisted machine"
+            .into(),
+        _ => "every further request would fail too".into(),
+    }
+}
+
+/// The first 00:00 UTC after `now`, when the daily spending limit resets.
+fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    let tomorrow = now.date_naive() + chrono::Days::new(1);
+    tomorrow.and_time(NaiveTime::MIN).and_utc()
+}
+
 /// `: <message of cause>`, or nothing.
 fn suffix(cause: Option<&reqwest::Error>) -> String {
     cause.map(|c| format!(": {c}")).unwrap_or_default()
@@ -194,6 +247,53 @@ pub struct FetcherConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_problems_say_what_to_do() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let now = at("2026-03-01T21:47:30Z");
+        let spending = account_advice(40203, now);
+        assert!(
+            spending.contains("resets at 00:00 UTC, next at 2026-03-02 00:00 UTC (in 2 h 12 min)"),
+            "{spending}"
+        );
+        // Just before midnight, and at midnight itself: the next one.
+        assert!(
+            account_advice(40203, at("2026-12-31T23:59:59Z"))
+                .contains("2027-01-01 00:00 UTC (in 0 h 00 min)")
+        );
+        assert!(
+            account_advice(40203, at("2026-03-02T00:00:00Z"))
+                .contains("2026-03-03 00:00 UTC (in 24 h 00 min)")
+        );
+        for (code, words) in [
+            (40100, "login and password"),
+            (401, "login and password"),
+            (40200, "balance"),
+            (402, "balance"),
+            (40201, "support"),
+            (40204, "plan does not include this API"),
+            (40205, "duplicate tasks per hour"),
+            (40206, "duplicate tasks per day"),
+            (40207, "IP address is not on the account's whitelist"),
+            (40210, "every further request would fail too"),
+        ] {
+            let advice = account_advice(code, now);
+            assert!(advice.contains(words), "{code}: {advice}");
+        }
+        let error = Error::Account {
+            code: 40207,
+            message: "Access denied. Your IP is not whitelisted.".into(),
+            advice: account_advice(40207, now),
+        };
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "account problem: the API answered 40207 `Access denied. Your IP is not whitelisted.`; {}",
+                account_advice(40207, now)
+            )
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

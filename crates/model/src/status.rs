@@ -16,8 +16,10 @@ pub enum Outcome {
     TooManyInFlight,
     /// Transient trouble on the API's side. Retry with backoff.
     Transient,
-    /// Authentication, payment or account state. Every further request fails
-    /// too, so the run stops.
+    /// Authentication, payment or account state (credentials, balance, a
+    /// blocked account, the daily spending limit, a plan without this API,
+    /// the duplicate-task limits, an IP not on the whitelist). Every further
+    /// request fails too, so the run stops.
     Account,
     /// The request itself is wrong. Never retried; recorded against the unit.
     BadRequest,
@@ -46,7 +48,10 @@ pub fn classify_api_status(code: i64) -> Outcome {
         40202 => Outcome::RateLimited,
         40209 => Outcome::TooManyInFlight,
         40103 | 50000 | 50001 | 50301..=50303 | 50401 => Outcome::Transient,
-        40100 | 40101 | 40200 | 40201 | 40210 => Outcome::Account,
+        // 40203 daily spending limit reached, 40204 the plan lacks this API,
+        // 40205/40206 duplicate-task limit per hour/day, 40207 IP not
+        // whitelisted: refusals of the account, not of the request.
+        40100 | 40101 | 40200 | 40201 | 40203..=40207 | 40210 => Outcome::Account,
         // 40000, 40001, 4050x and any other 4xxxx: the request is at fault.
         40000..=49999 => Outcome::BadRequest,
         // Unknown 5xxxx codes are on their side; anything else is unknown and
@@ -79,10 +84,12 @@ mod tests {
         for code in [40103, 50000, 50001, 50301, 50302, 50303, 50401] {
             assert_eq!(classify_api_status(code), Outcome::Transient, "{code}");
         }
-        for code in [40100, 40101, 40200, 40201, 40210] {
+        for code in [
+            40100, 40101, 40200, 40201, 40203, 40204, 40205, 40206, 40207, 40210,
+        ] {
             assert_eq!(classify_api_status(code), Outcome::Account, "{code}");
         }
-        for code in [40000, 40001, 40501, 40503, 40400] {
+        for code in [40000, 40001, 40006, 40208, 40501, 40503, 40400] {
             assert_eq!(classify_api_status(code), Outcome::BadRequest, "{code}");
         }
         assert_eq!(classify_http_status(401), Outcome::Account);

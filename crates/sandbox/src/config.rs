@@ -36,6 +36,27 @@ pub struct SandboxConfig {
     /// How many requests after the one that starts a rate-limit storm also
     /// answer 40202 (default 5).
     pub storm_length: u32,
+    /// Refuse every authorized request for a reason of the account (the
+    /// daily spending limit, the plan, the duplicate-task limits, the IP
+    /// whitelist) once some were served; `None` (the default) never does.
+    pub account_refusal: Option<AccountRefusal>,
+}
+
+/// A refusal of the account, answered to every authorized request once
+/// `after` of them were served: an envelope with `status_code` and the
+/// API's kind of message, no task, nothing charged (HTTP 200; 402 for
+/// 40200). It comes before the limits and the faults, as the account is
+/// checked before the request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountRefusal {
+    /// 40203 daily spending limit reached, 40204 the plan does not include
+    /// this API, 40205 / 40206 duplicate-task limit per hour / per day,
+    /// 40207 the caller's IP is not whitelisted; also 40200 (payment
+    /// required), 40201 (account blocked) and 40210.
+    pub status_code: i64,
+    /// Authorized requests served as usual before the refusals start (0:
+    /// the first one is refused already).
+    pub after: u64,
 }
 
 impl Default for SandboxConfig {
@@ -52,6 +73,7 @@ impl Default for SandboxConfig {
             faults: Faults::default(),
             keep_log: false,
             storm_length: 5,
+            account_refusal: None,
         }
     }
 }
@@ -70,6 +92,7 @@ impl fmt::Debug for SandboxConfig {
             .field("faults", &self.faults)
             .field("keep_log", &self.keep_log)
             .field("storm_length", &self.storm_length)
+            .field("account_refusal", &self.account_refusal)
             .finish()
     }
 }
@@ -114,6 +137,7 @@ mod tests {
         assert_eq!(c.latency, Duration::ZERO);
         assert_eq!(c.faults, Faults::default());
         assert_eq!(c.storm_length, 5);
+        assert_eq!(c.account_refusal, None);
         assert!(!c.keep_log);
     }
 

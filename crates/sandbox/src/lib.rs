@@ -6,8 +6,10 @@
 //! (`version`, `status_code`, `tasks[]` with `id`, `cost`, `data` echoing
 //! the request, `result`), HTTP Basic auth, one task per live request, the
 //! account's limits (a rolling per-minute cap → 40202, a cap on requests in
-//! flight → 40209), latency, and injectable [`Faults`] (HTTP 500, envelope
-//! 50000, truncated bodies, rate-limit storms, slow answers). The demo, the
+//! flight → 40209), latency, injectable [`Faults`] (HTTP 500, envelope
+//! 50000, truncated bodies, rate-limit storms, slow answers) and refusals
+//! of the account ([`AccountRefusal`]: 40203 spending limit, 40204 plan,
+//! 40205/40206 duplicate tasks, 40207 IP whitelist). The demo, the
 //! end-to-end tests and the benchmarks run against it; a pipeline that
 //! works here must work against the real API.
 //!
@@ -37,7 +39,7 @@ mod stats;
 
 use std::time::Duration;
 
-pub use config::{Faults, SandboxConfig};
+pub use config::{AccountRefusal, Faults, SandboxConfig};
 pub use endpoints::backlinks::{
     BACKLINKS_ITEM_COST, BACKLINKS_TASK_COST, backlinks_page_cost, backlinks_total, served_backlink,
 };
@@ -72,6 +74,10 @@ pub enum Error {
     /// Over the account's cap of requests in flight (40209).
     #[error("more than {limit} requests in flight, at `{path}`")]
     TooManyInFlight { path: String, limit: u32 },
+    /// The account refuses every request (40203–40207, …; see
+    /// [`AccountRefusal`]).
+    #[error("the account refuses requests to `{path}` with {code}")]
+    AccountRefused { path: String, code: i64 },
 }
 
 impl Error {
@@ -84,6 +90,7 @@ impl Error {
             Error::BadRequest { .. } => 40000,
             Error::RateLimited { .. } => 40202,
             Error::TooManyInFlight { .. } => 40209,
+            Error::AccountRefused { code, .. } => *code,
         }
     }
 
@@ -93,9 +100,11 @@ impl Error {
             Error::NotFound { .. } => 404,
             Error::MethodNotAllowed { .. } => 405,
             Error::Unauthorized { .. } => 401,
+            Error::AccountRefused { code: 40200, .. } => 402,
             Error::BadRequest { .. }
             | Error::RateLimited { .. }
-            | Error::TooManyInFlight { .. } => 200,
+            | Error::TooManyInFlight { .. }
+            | Error::AccountRefused { .. } => 200,
         }
     }
 
@@ -115,7 +124,24 @@ impl Error {
             Error::TooManyInFlight { limit, .. } => format!(
                 "Too many simultaneous requests. Your account can have {limit} requests in progress at once."
             ),
+            Error::AccountRefused { code, .. } => account_message(*code).into(),
         }
+    }
+}
+
+/// The `status_message` of an account refusal, worded like the API's.
+fn account_message(code: i64) -> &'static str {
+    match code {
+        40200 => "Payment Required. Top up the balance of your account.",
+        40201 => "Your account was temporarily blocked for suspicious activity.",
+        40203 => "Cost limit exceeded. Your account's daily spending limit was reached.",
+        40204 => {
+            "Access denied. Your plan does not include this API: activate a subscription to get access."
+        }
+        40205 => "Duplicate tasks limit per hour exceeded.",
+        40206 => "Duplicate tasks limit per day exceeded.",
+        40207 => "Access denied. Your IP address is not whitelisted.",
+        _ => "Access denied for your account.",
     }
 }
 
@@ -163,7 +189,23 @@ mod tests {
                 200,
                 40202,
             ),
-            (Error::TooManyInFlight { path, limit: 30 }, 200, 40209),
+            (
+                Error::TooManyInFlight {
+                    path: path.clone(),
+                    limit: 30,
+                },
+                200,
+                40209,
+            ),
+            (
+                Error::AccountRefused {
+                    path: path.clone(),
+                    code: 40203,
+                },
+                200,
+                40203,
+            ),
+            (Error::AccountRefused { path, code: 40200 }, 402, 40200),
         ];
         for (error, http, code) in cases {
             assert_eq!(

@@ -2,7 +2,8 @@
 //! accounting around the endpoints.
 //!
 //! A POST goes through, in order: path (404) → Basic auth (401) → the body
-//! is read (at most [`MAX_BODY_BYTES`]) → the in-flight cap (40209) → the
+//! is read (at most [`MAX_BODY_BYTES`]) → the account's refusal, if one is
+//! configured and due (40203–40207, …) → the in-flight cap (40209) → the
 //! rolling window (40202; every authorized request it admits counts, on
 //! arrival, malformed ones included) → one task in a JSON array (40000) →
 //! the fault draw → latency → the endpoint's answer.
@@ -14,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -67,6 +69,8 @@ struct Shared {
     in_flight: InFlight,
     faults: FaultInjector,
     recorder: Recorder,
+    /// Authorized POSTs so far, for [`SandboxConfig::account_refusal`].
+    authorized: AtomicU64,
 }
 
 impl Sandbox {
@@ -84,6 +88,7 @@ impl Sandbox {
             in_flight: InFlight::new(config.max_in_flight),
             faults: FaultInjector::new(&config.faults, config.storm_length),
             recorder: Recorder::new(config.keep_log),
+            authorized: AtomicU64::new(0),
             endpoints,
             config,
         });
@@ -196,6 +201,15 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
             .then(|| body.as_ref().ok().and_then(|b| peek_target(b)))
             .flatten()
     };
+    if let Some(refusal) = shared.config.account_refusal {
+        if shared.authorized.fetch_add(1, Ordering::Relaxed) >= refusal.after {
+            let error = Error::AccountRefused {
+                path,
+                code: refusal.status_code,
+            };
+            return shared.refuse(true, error, target());
+        }
+    }
     let Some(slot) = shared.in_flight.enter() else {
         let error = Error::TooManyInFlight {
             path,
@@ -245,7 +259,8 @@ impl Shared {
                 | Error::Unauthorized { path }
                 | Error::BadRequest { path, .. }
                 | Error::RateLimited { path, .. }
-                | Error::TooManyInFlight { path, .. } => path.clone(),
+                | Error::TooManyInFlight { path, .. }
+                | Error::AccountRefused { path, .. } => path.clone(),
             };
             self.answered(LoggedRequest {
                 path,

@@ -26,6 +26,9 @@ pub struct SandboxStats {
     /// Requests refused as malformed: envelope 40000, unknown path (40400)
     /// and tasks refused for an invalid field (4050x).
     pub bad_requests: u64,
+    /// Requests refused for a reason of the account (40200, 40201,
+    /// 40203–40207, 40210: see [`AccountRefusal`](crate::AccountRefusal)).
+    pub account_refused: u64,
 }
 
 /// One POST as the sandbox answered it (kept when `keep_log` is on).
@@ -94,6 +97,7 @@ impl Recorder {
                 (_, Some(40202)) => stats.rate_limited += 1,
                 (_, Some(40209)) => stats.too_many_in_flight += 1,
                 (_, Some(40000 | 40400 | 40500..=40599)) => stats.bad_requests += 1,
+                (_, Some(40200 | 40201 | 40203..=40207 | 40210)) => stats.account_refused += 1,
                 _ => {}
             },
         }
@@ -140,7 +144,7 @@ mod tests {
     #[test]
     fn answers_land_in_the_right_counters() {
         let r = Recorder::new(true);
-        for _ in 0..9 {
+        for _ in 0..10 {
             r.received();
         }
         r.answered(entry(200, Some(20000), 0.02, None));
@@ -149,6 +153,7 @@ mod tests {
         r.answered(entry(200, Some(40202), 0.0, None));
         r.answered(entry(200, Some(40209), 0.0, None));
         r.answered(entry(200, Some(40501), 0.0, None));
+        r.answered(entry(200, Some(40203), 0.0, None));
         r.answered(entry(
             200,
             Some(20000),
@@ -163,7 +168,7 @@ mod tests {
         ));
         r.answered(entry(200, Some(20000), 0.02, Some(FaultKind::Slow)));
         let s = r.stats();
-        assert_eq!(s.requests, 9);
+        assert_eq!(s.requests, 10);
         assert_eq!(s.ok, 3, "20000, 40102 and the slow one");
         assert_eq!(s.unauthorized, 1);
         assert_eq!(
@@ -172,9 +177,10 @@ mod tests {
         );
         assert_eq!(s.too_many_in_flight, 1);
         assert_eq!(s.bad_requests, 1);
+        assert_eq!(s.account_refused, 1);
         assert_eq!(s.injected_faults, 3);
         assert!((s.cost_charged - 0.08).abs() < 1e-12, "{}", s.cost_charged);
-        assert_eq!(r.log().len(), 9);
+        assert_eq!(r.log().len(), 10);
     }
 
     #[test]

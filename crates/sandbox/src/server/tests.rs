@@ -378,6 +378,66 @@ async fn a_short_window_admits_again_once_it_has_passed() {
 }
 
 #[tokio::test]
+async fn an_account_refusal_answers_every_request_once_due() {
+    for code in [40203, 40204, 40205, 40206, 40207] {
+        let sandbox = start(SandboxConfig {
+            account_refusal: Some(crate::AccountRefusal {
+                status_code: code,
+                after: 2,
+            }),
+            ..Default::default()
+        })
+        .await;
+        let body = task_body(json!({"target": "a.com"}));
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let (status, answer) = post(&sandbox, body.clone()).await;
+            assert_eq!(status, 200);
+            let env = parse(&answer);
+            codes.push(env["status_code"].as_i64().unwrap());
+            if env["status_code"] == code {
+                assert_eq!(
+                    (env["tasks_count"].clone(), env["cost"].clone()),
+                    (json!(0), json!(0))
+                );
+                assert!(!env["status_message"].as_str().unwrap().is_empty());
+            }
+        }
+        assert_eq!(codes, [20000, 20000, code, code], "{code}");
+        // Wrong credentials are still told so first.
+        let (status, _) = post_as(&sandbox, PATH, Some((LOGIN, "wrong")), body).await;
+        assert_eq!(status, 401);
+        let stats = sandbox.stats();
+        assert_eq!(
+            (
+                stats.requests,
+                stats.ok,
+                stats.account_refused,
+                stats.cost_charged
+            ),
+            (5, 2, 2, 2.0 * SUMMARY_TASK_COST),
+            "{code}"
+        );
+        assert_eq!(sandbox.log()[3].status_code, Some(code));
+        sandbox.shutdown().await;
+    }
+    let messages: Vec<String> = [40203, 40204, 40205, 40206, 40207]
+        .into_iter()
+        .map(|code| {
+            Error::AccountRefused {
+                path: PATH.into(),
+                code,
+            }
+            .status_message()
+        })
+        .collect();
+    assert!(messages[0].contains("daily spending limit"), "{messages:?}");
+    assert!(messages[4].contains("not whitelisted"), "{messages:?}");
+    let distinct: HashSet<&String> = messages.iter().collect();
+    assert_eq!(distinct.len(), 5, "{messages:?}");
+}
+
+#[tokio::test]
 async fn over_max_in_flight_answers_40209() {
     let sandbox = start(SandboxConfig {
         max_in_flight: 1,
