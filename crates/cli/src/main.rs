@@ -171,7 +171,15 @@ enum Command {
         targets: Option<PathBuf>,
     },
     /// Apply the database migrations to DATABASE_URL.
-    Migrate,
+    Migrate {
+        /// Give up connecting after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        connect_timeout_secs: u64,
+        /// Give up on a migration the server does not finish within this
+        /// many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+        statement_timeout_secs: u64,
+    },
     /// Serve the local imitation of the API until Ctrl-C.
     #[cfg(feature = "sandbox")]
     Sandbox {
@@ -312,9 +320,16 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Estimate { pipeline, targets } => {
             inspect::estimate(&pipeline, targets.as_deref()).await
         }
-        Command::Migrate => {
+        Command::Migrate {
+            connect_timeout_secs,
+            statement_timeout_secs,
+        } => {
             let url = credentials::database_url()?;
-            backlinks_pipeline::sinks::migrate(&url).await?;
+            let timeouts = backlinks_pipeline::sinks::Timeouts {
+                connect: std::time::Duration::from_secs(connect_timeout_secs),
+                statement: std::time::Duration::from_secs(statement_timeout_secs),
+            };
+            backlinks_pipeline::sinks::migrate(&url, timeouts).await?;
             println!("migrations applied");
             Ok(exit::OK)
         }

@@ -182,3 +182,93 @@ fn a_killed_run_never_leaves_the_day_locked() {
     );
     assert_eq!(next.code(), 0, "{}", output_of(&next));
 }
+
+/// A server on 127.0.0.1 that accepts connections and never says a word;
+/// returns its port. The connections stay open until the test ends.
+fn silent_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Runs the binary, killing it if it is still running after `limit`.
+fn run_with_limit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+    limit: Duration,
+) -> (Run, Duration) {
+    let started = Instant::now();
+    let mut child = spawn(args, env, cwd);
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let run = finish(child);
+            panic!(
+                "still running after {limit:?}, killed:\n{}",
+                output_of(&run)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (finish(child), started.elapsed())
+}
+
+#[test]
+fn migrate_against_a_silent_server_gives_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = silent_server();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/silent");
+    let (run, took) = run_with_limit(
+        &["migrate", "--connect-timeout-secs", "2"],
+        &[("DATABASE_URL", &url)],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    assert_ne!(run.code(), 0, "{}", output_of(&run));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        run.stderr().contains(&format!("127.0.0.1:{port}")) && run.stderr().contains("2 s"),
+        "{}",
+        output_of(&run)
+    );
+}
+
+#[test]
+fn a_run_against_a_silent_server_gives_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = silent_server();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/silent");
+    let p = write_pipeline(
+        &dir.path().join("silent.toml"),
+        "silent",
+        &["a.example.com"],
+        "[endpoints.summary]\n[sinks.postgres]\nenabled = true\nconnect_timeout_secs = 2\n[state]\ndir = \"state\"\n[sandbox]\nlatency_ms = 1\n",
+    );
+    let (run, took) = run_with_limit(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--as-of",
+            SNAPSHOT,
+            "--no-progress",
+        ],
+        &[("DATABASE_URL", &url)],
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    assert_ne!(run.code(), 0, "{}", output_of(&run));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        run.stderr().contains(&format!("127.0.0.1:{port}"))
+            && run.stderr().contains("connect_timeout_secs"),
+        "{}",
+        output_of(&run)
+    );
+}

@@ -304,14 +304,33 @@ pub struct RawPostgres {
     pub max_connections: u32,
     /// Apply pending migrations before the run.
     pub migrate: bool,
+    /// How long opening a connection may take (TCP, TLS, authentication),
+    /// 1..=3600.
+    pub connect_timeout_secs: u64,
+    /// How long any one step may wait for the server's answer (a
+    /// statement, a migration, the rows of a `COPY`, a commit), 1..=86400.
+    pub statement_timeout_secs: u64,
 }
 
 impl Default for RawPostgres {
     fn default() -> Self {
+        let timeouts = backlinks_sink_postgres::Timeouts::default();
         Self {
             enabled: false,
             max_connections: 10,
             migrate: true,
+            connect_timeout_secs: timeouts.connect.as_secs(),
+            statement_timeout_secs: timeouts.statement.as_secs(),
+        }
+    }
+}
+
+impl RawPostgres {
+    /// The sink's timeouts.
+    pub fn timeouts(&self) -> backlinks_sink_postgres::Timeouts {
+        backlinks_sink_postgres::Timeouts {
+            connect: Duration::from_secs(self.connect_timeout_secs),
+            statement: Duration::from_secs(self.statement_timeout_secs),
         }
     }
 }
@@ -609,6 +628,20 @@ impl RawPipeline {
             format!(
                 "sinks.parquet.max_open_partitions = {} is out of range 1..=64",
                 sinks.parquet.max_open_partitions
+            ),
+        );
+        check(
+            (1..=3600).contains(&sinks.postgres.connect_timeout_secs),
+            format!(
+                "sinks.postgres.connect_timeout_secs = {} is out of range 1..=3600",
+                sinks.postgres.connect_timeout_secs
+            ),
+        );
+        check(
+            (1..=86_400).contains(&sinks.postgres.statement_timeout_secs),
+            format!(
+                "sinks.postgres.statement_timeout_secs = {} is out of range 1..=86400",
+                sinks.postgres.statement_timeout_secs
             ),
         );
         check(
@@ -937,6 +970,27 @@ mod tests {
         ));
         assert!(found[0].contains("credentials do not belong"), "{found:?}");
         assert!(!found[0].contains("pw@"), "{found:?}");
+    }
+
+    #[test]
+    fn postgres_timeouts_default_and_are_bounded() {
+        let spec = parse(&format!("{MINIMAL}[sinks.postgres]\nenabled = true\n"))
+            .validate(Path::new("."))
+            .unwrap();
+        let timeouts = spec.postgres.unwrap().timeouts();
+        assert_eq!(timeouts.connect, Duration::from_secs(30));
+        assert_eq!(timeouts.statement, Duration::from_secs(600));
+        let found = problems(&format!(
+            "{MINIMAL}[sinks.postgres]\nconnect_timeout_secs = 0\nstatement_timeout_secs = 100000\n"
+        ));
+        assert_eq!(
+            found,
+            vec![
+                "sinks.postgres.connect_timeout_secs = 0 is out of range 1..=3600".to_owned(),
+                "sinks.postgres.statement_timeout_secs = 100000 is out of range 1..=86400"
+                    .to_owned()
+            ]
+        );
     }
 
     #[test]

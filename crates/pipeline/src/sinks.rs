@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use backlinks_model::{Dataset, PartitionKey, RequestRecord, RunRecord, Secret};
 use backlinks_sink_parquet::{ParquetSink, StagedPartition};
+pub use backlinks_sink_postgres::Timeouts;
 use backlinks_sink_postgres::{PgPartition, PgSink};
 use chrono::NaiveDate;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -53,7 +54,7 @@ impl Sinks {
                         "set DATABASE_URL (e.g. postgres://user@host:5432/db) to use the Postgres sink",
                     )
                 })?;
-                let sink = PgSink::connect(url, settings.max_connections)
+                let sink = PgSink::connect_with(url, settings.max_connections, settings.timeouts())
                     .await
                     .context("connecting to postgres (DATABASE_URL)")?;
                 if settings.migrate {
@@ -97,15 +98,19 @@ impl Sinks {
         };
         let postgres = match &self.postgres {
             Some(pg) => Some(
-                pg.begin(key, datasets)
-                    .await
-                    .context("starting the postgres transaction of the partition")?,
+                pg.timed(
+                    || format!("starting the transaction of {}", describe(key)),
+                    pg.begin(key, datasets),
+                )
+                .await
+                .context("starting the postgres transaction of the partition")?,
             ),
             None => None,
         };
         Ok(PartitionWriter {
             parquet,
             postgres,
+            pg: self.postgres.clone(),
             cpu: self.cpu.clone(),
             _slot: slot,
         })
@@ -154,12 +159,21 @@ impl Sinks {
     }
 }
 
-/// Applies the database migrations to the database at `url`.
-pub async fn migrate(url: &Secret) -> Result<()> {
-    let sink = PgSink::connect(url, 1)
+/// Applies the database migrations to the database at `url`, waiting for
+/// the server at most as long as `timeouts` say.
+pub async fn migrate(url: &Secret, timeouts: Timeouts) -> Result<()> {
+    let sink = PgSink::connect_with(url, 1, timeouts)
         .await
         .context("connecting to postgres")?;
     sink.migrate().await.context("applying migrations")
+}
+
+/// A partition, for messages: `target snapshot_date (pipeline p)`.
+fn describe(key: &PartitionKey) -> String {
+    format!(
+        "{} {} (pipeline {})",
+        key.target, key.snapshot_date, key.pipeline
+    )
 }
 
 /// How many partitions may be open at once: at most
@@ -182,6 +196,8 @@ pub(crate) fn partition_slots(spec: &PipelineSpec) -> usize {
 pub struct PartitionWriter {
     parquet: Option<StagedPartition>,
     postgres: Option<PgPartition>,
+    /// The sink of `postgres`, whose statement timeout bounds each step.
+    pg: Option<Arc<PgSink>>,
     cpu: CpuPool,
     _slot: OwnedSemaphorePermit,
 }
@@ -194,6 +210,7 @@ impl PartitionWriter {
         let Self {
             parquet: staged,
             postgres,
+            pg,
             cpu,
             ..
         } = self;
@@ -212,12 +229,15 @@ impl PartitionWriter {
             written.with_context(|| format!("writing {} to parquet", dataset.name()))
         };
         let postgres = async {
-            match postgres {
-                Some(tx) => tx
-                    .write(dataset, batch)
+            match (postgres, pg) {
+                (Some(tx), Some(pg)) => pg
+                    .timed(
+                        || format!("writing {} rows to {}", batch.num_rows(), dataset.name()),
+                        tx.write(dataset, batch),
+                    )
                     .await
                     .with_context(|| format!("writing {} to postgres", dataset.name())),
-                None => Ok(()),
+                _ => Ok(()),
             }
         };
         let (parquet, postgres) = tokio::join!(parquet, postgres);
@@ -246,8 +266,8 @@ impl PartitionWriter {
             }
             None => None,
         };
-        if let Some(tx) = self.postgres.take() {
-            tx.commit()
+        if let (Some(tx), Some(pg)) = (self.postgres.take(), &self.pg) {
+            pg.timed(|| "committing the partition".into(), tx.commit())
                 .await
                 .context("committing the partition to postgres")?;
         }

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 use url::Url;
 
-use crate::{Error, Result};
+use crate::{Error, Result, Timeouts};
 
 /// How long a caller waits for a free connection of the pool.
 pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -19,8 +19,13 @@ pub(crate) const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const APPLICATION_NAME: &str = "backlinks";
 
 /// Parses `url` and opens a pool of at most `max_connections` (at least 1),
-/// checking that one connection can be made.
-pub(crate) async fn pool(url: &Secret, max_connections: u32) -> Result<PgPool> {
+/// checking that one connection can be made within `timeouts.connect`.
+/// Returns the pool and what [`describe`] says of it.
+pub(crate) async fn pool(
+    url: &Secret,
+    max_connections: u32,
+    timeouts: Timeouts,
+) -> Result<(PgPool, String)> {
     let passwords = Passwords::of(url.expose());
     let options = PgConnectOptions::from_str(url.expose())
         .map_err(|e| Error::InvalidUrl {
@@ -35,21 +40,34 @@ pub(crate) async fn pool(url: &Secret, max_connections: u32) -> Result<PgPool> {
     // One direct connection first: the pool would retry a refused
     // connection until its acquire timeout and then report only that it
     // timed out, while this names the cause at once.
-    let probe = options.connect().await.map_err(|e| Error::Connect {
-        place,
-        source: RedactedError::new(&e, &passwords),
-    })?;
+    let probe = match tokio::time::timeout(timeouts.connect, options.connect()).await {
+        Ok(connected) => connected.map_err(|e| Error::Connect {
+            place: place.clone(),
+            source: RedactedError::new(&e, &passwords),
+        })?,
+        Err(_) => {
+            return Err(Error::Timeout {
+                step: "connecting".into(),
+                place,
+                after: timeouts.connect,
+                setting: Timeouts::CONNECT_SETTING,
+            });
+        }
+    };
     if let Err(e) = probe.close().await {
         tracing::debug!(error = %RedactedError::new(&e, &passwords), "closing the probe connection");
     }
-    Ok(PgPoolOptions::new()
+    // A new connection of the pool is opened while a caller waits for
+    // one: that wait is bounded too.
+    let pool = PgPoolOptions::new()
         .max_connections(max_connections.max(1))
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_lazy_with(options))
+        .acquire_timeout(ACQUIRE_TIMEOUT.max(timeouts.connect))
+        .connect_lazy_with(options);
+    Ok((pool, place))
 }
 
 /// `database d on host:port as user`, without the password.
-fn describe(options: &PgConnectOptions) -> String {
+pub(crate) fn describe(options: &PgConnectOptions) -> String {
     let user = options.get_username();
     let database = options.get_database().unwrap_or(user);
     format!(

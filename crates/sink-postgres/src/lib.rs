@@ -59,6 +59,16 @@ pub enum Error {
         #[source]
         source: RedactedError,
     },
+    /// The server did not answer in time: `step` says what the sink was
+    /// doing, `place` names database, host, port and user (never the
+    /// password), `setting` the setting that bounds it.
+    #[error("no answer from {place} after {} s while {step} (the limit of {setting})", .after.as_secs())]
+    Timeout {
+        step: String,
+        place: String,
+        after: std::time::Duration,
+        setting: &'static str,
+    },
     /// Applying the migrations failed.
     #[error("the database migrations could not be applied")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -110,12 +120,41 @@ fn suffix(source: Option<&impl std::fmt::Display>) -> String {
 /// The sink's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How long the sink waits for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Opening a connection (TCP, TLS, authentication).
+    pub connect: std::time::Duration,
+    /// Any one step that waits for the server's answer: a statement, a
+    /// migration, the rows of a `COPY`, a commit.
+    pub statement: std::time::Duration,
+}
+
+impl Timeouts {
+    /// The setting that bounds opening a connection, for messages.
+    pub const CONNECT_SETTING: &'static str = "sinks.postgres.connect_timeout_secs";
+    /// The setting that bounds one step, for messages.
+    pub const STATEMENT_SETTING: &'static str = "sinks.postgres.statement_timeout_secs";
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: std::time::Duration::from_secs(30),
+            statement: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
 /// A connection pool to the warehouse database, with the column types of
 /// the tables written so far. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct PgSink {
     pool: PgPool,
     catalog: Catalog,
+    /// Database, host, port and user, for messages.
+    place: String,
+    timeouts: Timeouts,
 }
 
 impl PgSink {
@@ -124,20 +163,73 @@ impl PgSink {
     /// and a 30 s wait for a free connection. Fails unless one connection
     /// can be made.
     pub async fn connect(url: &Secret, max_connections: u32) -> Result<PgSink> {
-        Ok(Self::from_pool(connect::pool(url, max_connections).await?))
+        Self::connect_with(url, max_connections, Timeouts::default()).await
+    }
+
+    /// [`PgSink::connect`] with these timeouts: opening a connection
+    /// gives up after `timeouts.connect`, and every step of the sink that
+    /// waits for the server after `timeouts.statement`, with an
+    /// [`Error::Timeout`] naming the server.
+    pub async fn connect_with(
+        url: &Secret,
+        max_connections: u32,
+        timeouts: Timeouts,
+    ) -> Result<PgSink> {
+        let (pool, place) = connect::pool(url, max_connections, timeouts).await?;
+        Ok(PgSink {
+            pool,
+            catalog: Catalog::default(),
+            place,
+            timeouts,
+        })
     }
 
     /// A sink on an existing pool.
     pub fn from_pool(pool: PgPool) -> PgSink {
+        let place = connect::describe(&pool.connect_options());
         PgSink {
             pool,
             catalog: Catalog::default(),
+            place,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Database, host, port and user (never the password).
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// The sink's timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// Runs `step` (`what` the sink is doing) with the statement timeout:
+    /// an [`Error::Timeout`] naming the server when it takes longer.
+    pub async fn timed<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.timeouts.statement;
+        match tokio::time::timeout(after, step).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                step: what(),
+                place: self.place.clone(),
+                after,
+                setting: Timeouts::STATEMENT_SETTING,
+            }),
         }
     }
 
     /// Applies the migrations not yet applied.
     pub async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await.map_err(Error::Migrate)?;
+        self.timed(|| "applying the migrations".into(), async {
+            MIGRATOR.run(&self.pool).await.map_err(Error::Migrate)
+        })
+        .await?;
         // Tables may have changed.
         self.catalog.clear();
         Ok(())
@@ -161,6 +253,14 @@ impl PgSink {
     /// statement, so all rows land or none), deleting nothing: the request
     /// ledger.
     pub async fn append(&self, dataset: Dataset, batch: &RecordBatch) -> Result<()> {
+        self.timed(
+            || format!("appending {} rows to {}", batch.num_rows(), dataset.name()),
+            self.append_now(dataset, batch),
+        )
+        .await
+    }
+
+    async fn append_now(&self, dataset: Dataset, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -180,7 +280,11 @@ impl PgSink {
     /// Inserts the rows of a `runs` batch, or updates every column of a run
     /// that is already there (same `run_id`).
     pub async fn upsert_run(&self, batch: &RecordBatch) -> Result<()> {
-        self.upsert(Dataset::Runs, batch, &["run_id"]).await
+        self.timed(
+            || "recording the run in runs".into(),
+            self.upsert(Dataset::Runs, batch, &["run_id"]),
+        )
+        .await
     }
 
     /// Upserts `batch` into `dataset` by `key`: copies it into a temporary
