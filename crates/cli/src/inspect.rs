@@ -113,6 +113,7 @@ fn render_status(
                 | RunStatus::BudgetExhausted
                 | RunStatus::Partial
                 | RunStatus::Failed
+                | RunStatus::Crashed
         ) {
             let _ = writeln!(
                 w,

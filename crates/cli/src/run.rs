@@ -201,9 +201,11 @@ fn exit_code(report: &RunReport) -> u8 {
         RunStatus::Succeeded => exit::OK,
         RunStatus::AccountError => exit::ACCOUNT,
         RunStatus::BudgetExhausted => exit::BUDGET,
-        RunStatus::Running | RunStatus::Partial | RunStatus::Failed | RunStatus::Interrupted => {
-            exit::PARTIAL
-        }
+        RunStatus::Running
+        | RunStatus::Partial
+        | RunStatus::Failed
+        | RunStatus::Interrupted
+        | RunStatus::Crashed => exit::PARTIAL,
     }
 }
 

@@ -272,3 +272,98 @@ fn a_run_against_a_silent_server_gives_up_naming_it() {
         output_of(&run)
     );
 }
+
+/// The status of `run_id` in the `runs` table of `db`, if it is there.
+async fn run_status(db: &str, run_id: &str) -> Option<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db).await.expect("connect");
+    sqlx::query_scalar("SELECT status FROM runs WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("select")
+}
+
+fn manifest_status(dir: &Path, name: &str, run_id: &str) -> serde_json::Value {
+    let path = runs_dir(dir, name).join(format!("{run_id}.json"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    manifest["status"].clone()
+}
+
+#[tokio::test]
+async fn the_next_run_marks_a_killed_run_crashed_and_removes_its_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = scratch_database("crashed").await;
+    let body = |latency_ms: u64| {
+        format!(
+            "[endpoints.summary]\n[api]\nmax_in_flight = 1\n[sinks.parquet]\ndir = \"data\"\n[sinks.postgres]\nenabled = true\n[state]\ndir = \"state\"\n[sandbox]\nlatency_ms = {latency_ms}\nlatency_jitter_ms = 0\n"
+        )
+    };
+    let targets = ["a.example.com", "b.example.com"];
+    let p = write_pipeline(
+        &dir.path().join("crash.toml"),
+        "crash",
+        &targets,
+        &body(5000),
+    );
+    let p = p.to_str().unwrap().to_owned();
+    let args = ["run", p.as_str(), "--as-of", SNAPSHOT, "--no-progress"];
+    let env = [("DATABASE_URL", db.as_str())];
+    let mut first = spawn(&args, &env, dir.path());
+    let killed_id = running_run_id(dir.path(), "crash");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run_status(&db, &killed_id).await.is_none() {
+        assert!(Instant::now() < deadline, "the run never recorded itself");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    let killed = finish(first);
+    assert_eq!(killed.code(), -1, "{}", output_of(&killed));
+    assert_eq!(manifest_status(dir.path(), "crash", &killed_id), "running");
+    assert_eq!(
+        run_status(&db, &killed_id).await.as_deref(),
+        Some("running")
+    );
+
+    // What a run killed while staging partitions leaves behind, and what
+    // belongs to others: another pipeline, another day.
+    let litter = [
+        "data/summary/snapshot_date=2026-03-04/.crash__a.example.com.parquet.tmp-AbC123",
+        "data/requests/snapshot_date=2026-03-04/.crash__0190.parquet.tmp-XyZ789",
+    ];
+    let others = [
+        "data/summary/snapshot_date=2026-03-04/.other__a.example.com.parquet.tmp-AbC123",
+        "data/summary/snapshot_date=2026-03-05/.crash__a.example.com.parquet.tmp-AbC123",
+    ];
+    for f in litter.iter().chain(&others) {
+        let path = dir.path().join(f);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"half a file").unwrap();
+    }
+
+    write_pipeline(&dir.path().join("crash.toml"), "crash", &targets, &body(1));
+    let next = backlinks(&args, &env, dir.path());
+    assert_eq!(next.code(), 0, "{}", output_of(&next));
+    assert_eq!(manifest_status(dir.path(), "crash", &killed_id), "crashed");
+    assert_eq!(
+        run_status(&db, &killed_id).await.as_deref(),
+        Some("crashed")
+    );
+    for f in litter {
+        assert!(!dir.path().join(f).exists(), "{f} is still there");
+    }
+    for f in others {
+        assert!(dir.path().join(f).exists(), "{f} was removed");
+    }
+    let status = backlinks(
+        &["status", p.as_str(), "--as-of", SNAPSHOT],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        status.stdout().contains("crashed"),
+        "{}",
+        output_of(&status)
+    );
+}

@@ -83,6 +83,10 @@ pub enum RunStatus {
     AccountError,
     /// The spend cap stopped dispatching.
     BudgetExhausted,
+    /// Died without recording its end (killed, power loss): a later run
+    /// of the same pipeline and day, holding the day's lock, found it
+    /// `running` and marked it so. Re-running resumes it.
+    Crashed,
 }
 
 impl RunStatus {
@@ -96,6 +100,7 @@ impl RunStatus {
             RunStatus::Interrupted => "interrupted",
             RunStatus::AccountError => "account_error",
             RunStatus::BudgetExhausted => "budget_exhausted",
+            RunStatus::Crashed => "crashed",
         }
     }
 
@@ -125,6 +130,7 @@ mod tests {
             RunStatus::Interrupted,
             RunStatus::AccountError,
             RunStatus::BudgetExhausted,
+            RunStatus::Crashed,
         ] {
             let json = serde_json::to_string(&status).unwrap();
             assert_eq!(json, format!("\"{}\"", status.as_str()));

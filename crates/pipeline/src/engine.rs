@@ -22,7 +22,7 @@ use crate::endpoints::{self, EndpointModule};
 use crate::error::{Context, Error, Result, chain};
 use crate::lock;
 use crate::report::{RunReport, UnitStatus};
-use crate::sinks::{Ledger, Sinks, partition_slots};
+use crate::sinks::{self, Ledger, Sinks, partition_slots};
 use crate::state;
 use crate::targets;
 use crate::unit::{MAX_PAGES_AHEAD, UnitContext, UnitOutcome, UnitTask, run_unit};
@@ -166,6 +166,24 @@ impl Pipeline {
         // Held until this function returns; the OS releases it if the
         // process dies.
         let _lock = lock::acquire(&runs_dir, &run_id, wait_for_lock, &shutdown.stop).await?;
+        // Holding the lock, no other run of this pipeline and day is alive:
+        // one still `running` died, and its temporary files are litter.
+        let crashed = state::mark_crashed(&runs_dir, &run_id)?;
+        if !crashed.is_empty() {
+            warn!(
+                runs = crashed.join(", "),
+                "marked runs that died without recording their end as crashed"
+            );
+        }
+        if let Some(dir) = &spec.parquet_dir {
+            let removed = sinks::remove_stale_temp_files(dir, &spec.name, snapshot_date)?;
+            if !removed.is_empty() {
+                info!(
+                    files = removed.len(),
+                    "removed temporary parquet files left by a run that died"
+                );
+            }
+        }
         let started_at = Utc::now();
         let mode = options.mode;
         let list = match options.targets {
@@ -204,6 +222,7 @@ impl Pipeline {
         };
         let cpu = options.cpu.clone().unwrap_or_else(CpuPool::per_core);
         let sinks = Sinks::open(&spec, options.database_url.as_ref(), cpu.clone()).await?;
+        sinks.mark_crashed(&crashed, &run_id).await?;
         let mut fetcher = Fetcher::new(
             FetcherConfig {
                 base_url: api.base_url.clone(),

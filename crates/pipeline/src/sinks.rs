@@ -1,6 +1,7 @@
 //! Both sinks behind one door: a partition lands in each enabled sink, and
 //! the request ledger streams into both while the run goes.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -142,6 +143,37 @@ impl Sinks {
         Ok(())
     }
 
+    /// Marks the `runs` rows of `run_ids` that still say `running` as
+    /// `crashed` (their manifests were, by `by_run`).
+    pub async fn mark_crashed(&self, run_ids: &[String], by_run: &str) -> Result<()> {
+        let Some(pg) = &self.postgres else {
+            return Ok(());
+        };
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let error = crate::state::crashed_error(by_run);
+        let update = async {
+            sqlx::query(
+                "UPDATE runs SET status = $1, error = $2 WHERE run_id = ANY($3) AND status = $4",
+            )
+            .bind(backlinks_model::ledger::RunStatus::Crashed.as_str())
+            .bind(&error)
+            .bind(run_ids)
+            .bind(backlinks_model::ledger::RunStatus::Running.as_str())
+            .execute(pg.pool())
+            .await
+            .map(|_| ())
+            .map_err(|source| backlinks_sink_postgres::Error::Query {
+                action: "marking crashed runs in runs".into(),
+                source,
+            })
+        };
+        pg.timed(|| "marking crashed runs in runs".into(), update)
+            .await
+            .context("recording the crashed runs in postgres")
+    }
+
     /// Writes the final run row to Parquet (`runs/snapshot_date=…/`).
     pub fn finish_run_file(&self, run: &RunRecord) -> Result<()> {
         if let Some(sink) = &self.parquet {
@@ -166,6 +198,42 @@ pub async fn migrate(url: &Secret, timeouts: Timeouts) -> Result<()> {
         .await
         .context("connecting to postgres")?;
     sink.migrate().await.context("applying migrations")
+}
+
+/// Removes the temporary Parquet files of `pipeline` on `date` under
+/// `dir` (`<dir>/<dataset>/snapshot_date=D/.<pipeline>__….parquet.tmp-…`):
+/// left by a run that died while staging a partition. Only a run holding
+/// the lock of that pipeline and day may call this (no other run of it is
+/// writing them). Returns the files removed.
+pub fn remove_stale_temp_files(
+    dir: &Path,
+    pipeline: &str,
+    date: NaiveDate,
+) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let datasets = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let prefix = format!(".{pipeline}__");
+    for dataset in datasets.flatten() {
+        let day = dataset.path().join(format!("snapshot_date={date}"));
+        let Ok(files) = std::fs::read_dir(&day) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && name.contains(".parquet.tmp-") {
+                let path = file.path();
+                std::fs::remove_file(&path).with_context(|| {
+                    format!("removing the stale temporary file {}", path.display())
+                })?;
+                removed.push(path);
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// A partition, for messages: `target snapshot_date (pipeline p)`.
@@ -375,9 +443,39 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
+
+    #[test]
+    fn only_the_pipelines_temporary_files_of_the_day_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 3, 4).unwrap();
+        let files = [
+            "summary/snapshot_date=2026-03-04/.p__a.com.parquet.tmp-x1",
+            "requests/snapshot_date=2026-03-04/.p__run1.parquet.tmp-x2",
+            "summary/snapshot_date=2026-03-04/p__a.com.parquet",
+            "summary/snapshot_date=2026-03-04/.q__a.com.parquet.tmp-x3",
+            "summary/snapshot_date=2026-03-05/.p__a.com.parquet.tmp-x4",
+        ];
+        for f in files {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"x").unwrap();
+        }
+        let mut removed = remove_stale_temp_files(dir.path(), "p", day).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![dir.path().join(files[1]), dir.path().join(files[0])]
+        );
+        for f in &files[2..] {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+        assert!(
+            remove_stale_temp_files(&dir.path().join("none"), "p", day)
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     fn spec(sinks: &str) -> PipelineSpec {
         let text = format!(

@@ -181,6 +181,30 @@ pub fn read_manifests(dir: &Path) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// Marks every run of `dir` whose manifest still says `running` as
+/// `crashed`, on behalf of `by_run`, which holds the day's lock (so none of
+/// them is alive). Returns the run ids marked.
+pub fn mark_crashed(dir: &Path, by_run: &str) -> Result<Vec<String>> {
+    let mut marked = Vec::new();
+    for mut manifest in read_manifests(dir)? {
+        if manifest.finished() || manifest.run_id == by_run {
+            continue;
+        }
+        manifest.status = RunStatus::Crashed;
+        manifest.error = Some(crashed_error(by_run));
+        write_manifest(dir, &manifest)?;
+        marked.push(manifest.run_id);
+    }
+    Ok(marked)
+}
+
+/// The error recorded with a run marked `crashed` by `by_run`.
+pub fn crashed_error(by_run: &str) -> String {
+    format!(
+        "the run died without recording its end; run {by_run} found it so (its archived answers are reused)"
+    )
+}
+
 /// One unit that failed for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -365,6 +389,20 @@ mod tests {
         f.write_all(b"{\"endpoint\":\"summ").unwrap();
         assert_eq!(read_dead_letters(dir.path(), "r1").unwrap(), vec![letter]);
         assert_eq!(letters.count(), 1);
+    }
+
+    #[test]
+    fn runs_left_running_are_marked_crashed() {
+        let dir = tempfile::tempdir().unwrap();
+        write_manifest(dir.path(), &manifest("a", RunStatus::Running)).unwrap();
+        write_manifest(dir.path(), &manifest("b", RunStatus::Succeeded)).unwrap();
+        write_manifest(dir.path(), &manifest("c", RunStatus::Running)).unwrap();
+        assert_eq!(mark_crashed(dir.path(), "c").unwrap(), vec!["a".to_owned()]);
+        let all = read_manifests(dir.path()).unwrap();
+        assert_eq!(all[0].status, RunStatus::Crashed);
+        assert!(all[0].error.as_deref().unwrap().contains("run c"));
+        assert_eq!(all[1].status, RunStatus::Succeeded);
+        assert_eq!(all[2].status, RunStatus::Running);
     }
 
     #[test]
