@@ -4,14 +4,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context;
 use backlinks_model::ledger::RunStatus;
 use backlinks_pipeline::state::{self, ArchiveIndex};
 use backlinks_pipeline::targets;
 use chrono::{NaiveDate, Utc};
 
-use crate::exit;
 use crate::run::load_spec;
+use crate::{exit, print_out};
 
 /// `backlinks status`: the runs of one pipeline and date, the archive, and
 /// the failed units of the latest run.
@@ -22,10 +21,9 @@ pub fn status(pipeline: &Path, as_of: Option<NaiveDate>) -> anyhow::Result<u8> {
     let archive_dir = state::archive_dir(&spec.state_dir, &spec.name, date);
     let manifests = state::read_manifests(&runs_dir)?;
     let index = state::archive_index(&archive_dir)?;
-    print!(
-        "{}",
-        render_status(&spec.name, date, &manifests, &index, &runs_dir, pipeline)?
-    );
+    print_out(&render_status(
+        &spec.name, date, &manifests, &index, &runs_dir, pipeline,
+    )?)?;
     Ok(exit::OK)
 }
 
@@ -200,7 +198,6 @@ pub async fn estimate(pipeline: &Path, targets: Option<&Path>) -> anyhow::Result
             exit::BUDGET
         );
     }
-    print!("{out}");
-    std::io::Write::flush(&mut std::io::stdout()).context("printing the estimate")?;
+    print_out(&out)?;
     Ok(exit::OK)
 }

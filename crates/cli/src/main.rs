@@ -74,6 +74,22 @@ pub mod exit {
     pub const HELD: u8 = 5;
 }
 
+/// Writes `text` to stdout and flushes it. A reader that went away
+/// (`backlinks status … | head -1`) is not an error: the rest is dropped
+/// quietly, as other command-line tools do.
+pub fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
 /// An error the user fixes by changing the input: exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -330,7 +346,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 statement: std::time::Duration::from_secs(statement_timeout_secs),
             };
             backlinks_pipeline::sinks::migrate(&url, timeouts).await?;
-            println!("migrations applied");
+            print_out("migrations applied\n")?;
             Ok(exit::OK)
         }
         #[cfg(feature = "sandbox")]
@@ -354,19 +370,19 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             let sandbox = backlinks_sandbox::Sandbox::start(config, listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
-            println!(
-                "sandbox listening on {} (Ctrl-C to stop)",
+            print_out(&format!(
+                "sandbox listening on {} (Ctrl-C to stop)\n",
                 sandbox.base_url()
-            );
+            ))?;
             tokio::signal::ctrl_c()
                 .await
                 .context("waiting for Ctrl-C")?;
             let stats = sandbox.stats();
             sandbox.shutdown().await;
-            println!(
-                "served {} requests, charged ${:.4}",
+            print_out(&format!(
+                "served {} requests, charged ${:.4}\n",
                 stats.requests, stats.cost_charged
-            );
+            ))?;
             Ok(exit::OK)
         }
     }

@@ -2,6 +2,7 @@
 //! arguments, the pipeline file and the environment into a run of the
 //! engine, draw its progress, print its summary and pick the exit code.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use backlinks_pipeline::{
 use chrono::Utc;
 use tracing::warn;
 
-use crate::{RunArgs, credentials, exit, summary};
+use crate::{RunArgs, credentials, exit, print_out, summary};
 
 /// Loads and validates a pipeline as every command does: `targets`
 /// replaces its list, `DATAFORSEO_BASE_URL` its base URL.
@@ -44,41 +45,59 @@ fn endpoint_names(spec: &PipelineSpec) -> String {
 }
 
 /// `backlinks validate`: checks the pipeline and its targets, no API call.
+/// Its verdict is that of `run` on the same input, and says so: "is valid"
+/// with exit code 0, otherwise what is wrong with exit code 2 (rejected
+/// targets, which `run` skips, count as wrong here so a bad row is fixed
+/// before the night; no valid target at all is the error `run` gives).
 pub async fn validate(path: &Path, explain: bool, targets: Option<&Path>) -> anyhow::Result<u8> {
     let (raw, spec) = load_spec(path, targets, false)?;
     let list = targets::load(&spec).await?;
-    println!(
-        "pipeline `{}` is valid: {} targets ({} rejected, {} duplicates), endpoints: {}",
-        spec.name,
+    let no_targets = targets::require_some(&list, &spec.targets).err();
+    let counts = format!(
+        "{} targets ({} rejected, {} duplicates), endpoints: {}",
         list.targets.len(),
         list.rejected.len(),
         list.duplicates,
         endpoint_names(&spec)
     );
+    let mut out = if no_targets.is_some() {
+        format!("pipeline `{}` is not valid: {counts}\n", spec.name)
+    } else if list.rejected.is_empty() {
+        format!("pipeline `{}` is valid: {counts}\n", spec.name)
+    } else {
+        format!(
+            "pipeline `{}` is not valid: {counts}; fix or remove the rejected targets (`run` skips them, `run --strict` stops at the first)\n",
+            spec.name
+        )
+    };
     for rejected in &list.rejected {
-        println!("  rejected {rejected}");
+        let _ = writeln!(out, "  rejected {rejected}");
     }
     if explain {
-        println!("\n# effective settings (defaults included)");
-        print!(
-            "{}",
-            toml::to_string_pretty(&raw).context("printing the settings")?
-        );
-        println!(
+        let _ = writeln!(out, "\n# effective settings (defaults included)");
+        out.push_str(&toml::to_string_pretty(&raw).context("printing the settings")?);
+        let _ = writeln!(
+            out,
             "# api.base_url after DATAFORSEO_BASE_URL: {}",
             spec.base_url
         );
-        println!(
+        let _ = writeln!(
+            out,
             "# state.dir (raw archive, run manifests and failed units; BACKLINKS__STATE__DIR overrides it): {}",
             spec.state_dir.display()
         );
-        println!(
+        let _ = writeln!(
+            out,
             "# budget: {} (pricing is used for estimates only; recorded costs come from the API)",
             spec.max_cost_usd
                 .map_or("no spend cap".to_owned(), |cap| format!(
                     "spend cap ${cap:.5} per run"
                 ))
         );
+    }
+    print_out(&out)?;
+    if let Some(e) = no_targets {
+        return Err(e.into());
     }
     Ok(if list.rejected.is_empty() {
         exit::OK
@@ -164,7 +183,7 @@ pub async fn execute(args: RunArgs, source: Source) -> anyhow::Result<u8> {
         crate::sandbox::stop(sandbox).await;
     }
     let report = report?;
-    print!("{}", summary::render(&report));
+    print_out(&summary::render(&report))?;
     Ok(exit_code(&report))
 }
 

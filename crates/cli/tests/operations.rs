@@ -367,3 +367,86 @@ async fn the_next_run_marks_a_killed_run_crashed_and_removes_its_temporary_files
         output_of(&status)
     );
 }
+
+#[test]
+fn validate_and_run_agree_and_the_message_matches_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[endpoints.summary]\n[sandbox]\nlatency_ms = 1\n[state]\ndir = \"state\"\n";
+    // Rejected targets: not valid, exit code 2.
+    let p = write_pipeline(
+        &dir.path().join("rej.toml"),
+        "rej",
+        &["example.com", "not a domain"],
+        body,
+    );
+    let run = backlinks(&["validate", p.to_str().unwrap()], &[], dir.path());
+    assert_eq!(run.code(), 2, "{}", output_of(&run));
+    assert!(!run.stdout().contains("is valid"), "{}", output_of(&run));
+    assert!(run.stdout().contains("is not valid"), "{}", output_of(&run));
+    // No targets at all: `run` refuses, and so does validate, alike.
+    let empty: [&str; 0] = [];
+    let p = write_pipeline(&dir.path().join("empty.toml"), "empty", &empty, body);
+    let validated = backlinks(&["validate", p.to_str().unwrap()], &[], dir.path());
+    let ran = backlinks(
+        &["run", p.to_str().unwrap(), "--no-progress"],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(ran.code(), 2, "{}", output_of(&ran));
+    assert_eq!(validated.code(), 2, "{}", output_of(&validated));
+    assert!(
+        !validated.stdout().contains("is valid"),
+        "{}",
+        output_of(&validated)
+    );
+    assert!(
+        validated.stderr().contains("no valid targets")
+            && ran.stderr().contains("no valid targets"),
+        "{}\n{}",
+        output_of(&validated),
+        output_of(&ran)
+    );
+    // Good targets: valid, exit code 0.
+    let p = write_pipeline(
+        &dir.path().join("good.toml"),
+        "good",
+        &["example.com"],
+        body,
+    );
+    let run = backlinks(&["validate", p.to_str().unwrap()], &[], dir.path());
+    assert_eq!(run.code(), 0, "{}", output_of(&run));
+    assert!(run.stdout().contains("is valid"), "{}", output_of(&run));
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = slow_pipeline(dir.path(), "pipe", &["a.example.com"], 1);
+    let bin = env!("CARGO_BIN_EXE_backlinks");
+    for args in [
+        format!("status {} --as-of {SNAPSHOT}", p.display()),
+        format!("validate {} --explain", p.display()),
+        format!("estimate {}", p.display()),
+    ] {
+        // `true` ends at once: the binary writes into a pipe nobody reads.
+        let script = format!("(sleep 0.3; '{bin}' {args}; echo \"code $?\" >&2) | true");
+        let run = Run {
+            output: std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(dir.path())
+                .output()
+                .unwrap(),
+        };
+        assert!(
+            run.stderr().contains("code 0"),
+            "{args}: {}",
+            output_of(&run)
+        );
+        assert!(
+            !run.stderr().contains("panicked"),
+            "{args}: {}",
+            output_of(&run)
+        );
+    }
+}
