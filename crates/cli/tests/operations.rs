@@ -450,3 +450,77 @@ fn a_reader_that_goes_away_ends_the_output_quietly() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_match_the_migrations_is_refused_before_any_request() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = scratch_database("schema").await;
+    let env = [("DATABASE_URL", db.as_str())];
+    let body = |migrate: bool| {
+        format!(
+            "[endpoints.summary]\n[sinks.postgres]\nenabled = true\nmigrate = {migrate}\n[state]\ndir = \"state\"\n[sandbox]\nlatency_ms = 1\n"
+        )
+    };
+    let no_run_started = |name: &str| {
+        std::fs::read_dir(runs_dir(dir.path(), name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".json"))
+    };
+    // Never migrated.
+    let p = write_pipeline(
+        &dir.path().join("never.toml"),
+        "never",
+        &["a.example.com"],
+        &body(false),
+    );
+    let args = [
+        "run",
+        p.to_str().unwrap(),
+        "--as-of",
+        SNAPSHOT,
+        "--no-progress",
+    ];
+    let run = backlinks(&args, &env, dir.path());
+    assert_eq!(run.code(), 2, "{}", output_of(&run));
+    assert!(
+        run.stderr().contains("table runs is missing")
+            && run.stderr().contains("backlinks migrate"),
+        "{}",
+        output_of(&run)
+    );
+    assert!(no_run_started("never"));
+
+    // Migrated, then a column dropped by hand.
+    let migrated = backlinks(&["migrate"], &env, dir.path());
+    assert_eq!(migrated.code(), 0, "{}", output_of(&migrated));
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    sqlx::query("ALTER TABLE backlinks DROP COLUMN anchor")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let p = write_pipeline(
+        &dir.path().join("dropped.toml"),
+        "dropped",
+        &["a.example.com"],
+        &body(true),
+    );
+    let args = [
+        "run",
+        p.to_str().unwrap(),
+        "--as-of",
+        SNAPSHOT,
+        "--no-progress",
+    ];
+    let run = backlinks(&args, &env, dir.path());
+    assert_eq!(run.code(), 2, "{}", output_of(&run));
+    assert!(
+        run.stderr().contains("table backlinks lacks column anchor")
+            && run.stderr().contains("backlinks migrate"),
+        "{}",
+        output_of(&run)
+    );
+    assert!(no_run_started("dropped"));
+}

@@ -61,6 +61,7 @@ impl Sinks {
                 if settings.migrate {
                     sink.migrate().await.context("applying migrations")?;
                 }
+                check_schema(&sink).await?;
                 Some(Arc::new(sink))
             }
             None => None,
@@ -189,6 +190,66 @@ impl Sinks {
         }
         Ok(())
     }
+}
+
+/// Checks that every table of the migrations has every column this
+/// version writes, before anything is paid for: a database never migrated
+/// (with `sinks.postgres.migrate = false`) or a column dropped by hand is
+/// an input error that says to run `backlinks migrate`.
+async fn check_schema(pg: &PgSink) -> Result<()> {
+    let names: Vec<&str> = Dataset::ALL.iter().map(|d| d.name()).collect();
+    let read = async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = ANY($1)",
+        )
+        .bind(&names)
+        .fetch_all(pg.pool())
+        .await
+        .map_err(|source| backlinks_sink_postgres::Error::Query {
+            action: "reading the columns of the tables".into(),
+            source,
+        })
+    };
+    let columns = pg
+        .timed(|| "reading the columns of the tables".into(), read)
+        .await
+        .context("checking the postgres schema")?;
+    let mut problems = Vec::new();
+    for dataset in Dataset::ALL {
+        let table = dataset.name();
+        let present: Vec<&str> = columns
+            .iter()
+            .filter(|(t, _)| t == table)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        if present.is_empty() {
+            problems.push(format!("table {table} is missing"));
+            continue;
+        }
+        let missing: Vec<String> = dataset
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|name| !present.contains(&name.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "table {table} lacks column{} {}",
+                if missing.len() == 1 { "" } else { "s" },
+                missing.join(", ")
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "the tables of {} do not match this version of backlinks ({}); run `backlinks migrate` (or set sinks.postgres.migrate = true); nothing was fetched",
+        pg.place(),
+        problems.join("; ")
+    )))
 }
 
 /// Applies the database migrations to the database at `url`, waiting for
