@@ -345,8 +345,15 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 connect: std::time::Duration::from_secs(connect_timeout_secs),
                 statement: std::time::Duration::from_secs(statement_timeout_secs),
             };
-            backlinks_pipeline::sinks::migrate(&url, timeouts).await?;
-            print_out("migrations applied\n")?;
+            let applied = backlinks_pipeline::sinks::migrate(&url, timeouts).await?;
+            let mut out = String::new();
+            if applied.is_empty() {
+                out.push_str("the database is up to date: no migration to apply\n");
+            }
+            for name in &applied {
+                out.push_str(&format!("applied migration {name}\n"));
+            }
+            print_out(&out)?;
             Ok(exit::OK)
         }
         #[cfg(feature = "sandbox")]

@@ -121,7 +121,15 @@ pub enum Source {
 /// `backlinks run` and `backlinks replay`.
 pub async fn execute(args: RunArgs, source: Source) -> anyhow::Result<u8> {
     let (raw, spec) = load_spec(&args.pipeline, args.targets.as_deref(), args.strict)?;
-    let snapshot_date = args.as_of.unwrap_or_else(|| Utc::now().date_naive());
+    let today = Utc::now().date_naive();
+    let snapshot_date = args.as_of.unwrap_or(today);
+    if snapshot_date > today {
+        warn!(
+            as_of = %snapshot_date,
+            today = %today,
+            "--as-of is in the future (today is {today} UTC): the rows will carry a snapshot date that has not come yet"
+        );
+    }
     // Bad targets are reported before anything else is asked for.
     let list = targets::load(&spec).await?;
     targets::require_some(&list, &spec.targets)?;

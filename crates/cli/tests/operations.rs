@@ -524,3 +524,99 @@ async fn a_database_that_does_not_match_the_migrations_is_refused_before_any_req
     );
     assert!(no_run_started("dropped"));
 }
+
+#[tokio::test]
+async fn migrate_lists_what_it_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = scratch_database("migrate").await;
+    let env = [("DATABASE_URL", db.as_str())];
+    let first = backlinks(&["migrate"], &env, dir.path());
+    assert_eq!(first.code(), 0, "{}", output_of(&first));
+    for name in ["0001_initial", "0002_backlinks", "0003_archive_and_budget"] {
+        assert!(
+            first
+                .stdout()
+                .contains(&format!("applied migration {name}")),
+            "{}",
+            output_of(&first)
+        );
+    }
+    let again = backlinks(&["migrate"], &env, dir.path());
+    assert_eq!(again.code(), 0, "{}", output_of(&again));
+    assert!(
+        again.stdout().contains("up to date"),
+        "{}",
+        output_of(&again)
+    );
+    assert!(
+        !again.stdout().contains("applied migration"),
+        "{}",
+        output_of(&again)
+    );
+}
+
+#[test]
+fn errors_point_at_the_right_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("password");
+    std::fs::write(&secret_file, "from-the-file\n").unwrap();
+    let p = write_pipeline(
+        &dir.path().join("api.toml"),
+        "api",
+        &["a.example.com"],
+        "[endpoints.summary]\n[state]\ndir = \"state\"\n",
+    );
+    // Both passwords: which one would be used is not clear.
+    let run = backlinks(
+        &["run", p.to_str().unwrap(), "--no-progress"],
+        &[
+            ("DATAFORSEO_LOGIN", "me@example.com"),
+            ("DATAFORSEO_PASSWORD", "from-the-env"),
+            ("DATAFORSEO_PASSWORD_FILE", secret_file.to_str().unwrap()),
+        ],
+        dir.path(),
+    );
+    assert_eq!(run.code(), 2, "{}", output_of(&run));
+    assert!(
+        run.stderr()
+            .contains("DATAFORSEO_PASSWORD and DATAFORSEO_PASSWORD_FILE"),
+        "{}",
+        output_of(&run)
+    );
+    assert!(!run.stderr().contains("from-the-"), "{}", output_of(&run));
+
+    // A database that is not Postgres: refused with the reason, the URL
+    // (and its password) never shown.
+    let run = backlinks(
+        &["migrate"],
+        &[("DATABASE_URL", "mysql://me:hunter2@db:3306/x")],
+        dir.path(),
+    );
+    assert_eq!(run.code(), 2, "{}", output_of(&run));
+    assert!(
+        run.stderr().contains("`mysql`") && run.stderr().contains("PostgreSQL"),
+        "{}",
+        output_of(&run)
+    );
+    assert!(!run.stderr().contains("hunter2"), "{}", output_of(&run));
+
+    // A snapshot date in the future is allowed, with a warning.
+    let p = slow_pipeline(dir.path(), "future", &["a.example.com"], 1);
+    let run = backlinks(
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--as-of",
+            "2999-01-01",
+            "--no-progress",
+        ],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(run.code(), 0, "{}", output_of(&run));
+    assert!(
+        run.stderr().contains("in the future"),
+        "{}",
+        output_of(&run)
+    );
+}

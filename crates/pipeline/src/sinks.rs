@@ -253,12 +253,40 @@ async fn check_schema(pg: &PgSink) -> Result<()> {
 }
 
 /// Applies the database migrations to the database at `url`, waiting for
-/// the server at most as long as `timeouts` say.
-pub async fn migrate(url: &Secret, timeouts: Timeouts) -> Result<()> {
+/// the server at most as long as `timeouts` say. Returns the names of the
+/// migrations it applied (`0002_backlinks`), none when the database was up
+/// to date.
+pub async fn migrate(url: &Secret, timeouts: Timeouts) -> Result<Vec<String>> {
     let sink = PgSink::connect_with(url, 1, timeouts)
         .await
         .context("connecting to postgres")?;
-    sink.migrate().await.context("applying migrations")
+    let applied_before = async {
+        let query = |source| backlinks_sink_postgres::Error::Query {
+            action: "reading the applied migrations".into(),
+            source,
+        };
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(sink.pool())
+            .await
+            .map_err(query)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(sink.pool())
+            .await
+            .map_err(query)
+    };
+    let before = sink
+        .timed(|| "reading the applied migrations".into(), applied_before)
+        .await
+        .context("reading the applied migrations")?;
+    sink.migrate().await.context("applying migrations")?;
+    Ok(backlinks_sink_postgres::MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !before.contains(&m.version))
+        .map(|m| format!("{:04}_{}", m.version, m.description.replace(' ', "_")))
+        .collect())
 }
 
 /// Removes the temporary Parquet files of `pipeline` on `date` under
