@@ -14,9 +14,10 @@ use serde::de::IgnoredAny;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter, RECORD_VERSION, request_key};
+use crate::pacer::Quota;
 use crate::{Budget, Error, FetcherConfig, Pacer, Result, account_advice, error_chain};
 
 /// A successful answer, ready for the normalizer.
@@ -57,6 +58,9 @@ pub struct FetcherStats {
     pub replayed: u64,
     /// Answers that could not be written to the raw archive.
     pub archive_errors: u64,
+    /// The per-minute limit the API announced last (`X-RateLimit-Limit`),
+    /// if it announced any.
+    pub announced_limit: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +196,7 @@ impl Fetcher {
             too_many_in_flight: c.too_many_in_flight.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
             archive_errors: c.archive_errors.load(Ordering::Relaxed),
+            announced_limit: self.pacer.announced_limit(),
         }
     }
 
@@ -358,6 +363,12 @@ impl Fetcher {
         }
     }
 
+    /// Sends the request until it is answered for good. Faults (transient
+    /// errors) use up the policy's attempts, with backoff in between;
+    /// rate-limit answers (40202, 40209, HTTP 429) do not: they are not
+    /// the request's fault, the pacer slows down for them, and the request
+    /// goes again in its next slot until it is answered or the run is
+    /// cancelled.
     async fn send_with_retries(
         &self,
         request: &Request<'_>,
@@ -371,16 +382,19 @@ impl Fetcher {
         let body = Bytes::from(body);
         let url = format!("{}{}", self.config.base_url, endpoint.path());
         let policy = &self.config.retry;
-        let mut last = String::new();
-        let mut last_cause = None;
-        for attempt in 1..=policy.max_attempts.max(1) {
-            if attempt > 1 {
+        let max_faults = policy.max_attempts.max(1);
+        let mut faults = 0u32;
+        let mut limited_in_a_row = 0u32;
+        let mut backoff = None;
+        loop {
+            if record.attempts > 0 {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                self.cancellable(tokio::time::sleep(policy.backoff(attempt - 1)))
-                    .await?;
+            }
+            if let Some(wait) = backoff.take() {
+                self.cancellable(tokio::time::sleep(wait)).await?;
             }
             let permit = self.cancellable(self.in_flight.acquire()).await?;
-            let sent_at = self.cancellable(self.pacer.acquire()).await?;
+            let slot = self.cancellable(self.pacer.acquire()).await?;
             // The run may have stopped while this caller waited for its slot
             // (an account problem answered elsewhere): send nothing more.
             if self.cancel.is_cancelled() {
@@ -395,7 +409,7 @@ impl Fetcher {
                     });
                 }
             }
-            record.attempts = attempt;
+            record.attempts += 1;
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
             // The exchange itself is not cancelled: it is bounded by the
             // client timeout, and an answer already paid for is kept.
@@ -404,10 +418,13 @@ impl Fetcher {
             // been paid for without being kept.
             let answer = self.send_once(&url, body.clone()).await;
 
-            let (verdict, response) = match answer {
-                Ok((status, bytes)) => {
+            let (verdict, response, quota) = match answer {
+                Ok((status, quota, bytes)) => {
                     record.bytes += bytes.len() as u64;
-                    (judge(status, &bytes), Some(bytes))
+                    if let Some(limit) = self.pacer.observe(slot, endpoint, quota) {
+                        self.announced(limit);
+                    }
+                    (judge(status, &bytes), Some(bytes), quota)
                 }
                 Err(error) => (
                     Verdict {
@@ -420,6 +437,7 @@ impl Fetcher {
                         cause: Some(error.without_url()),
                     },
                     None,
+                    Quota::default(),
                 ),
             };
             if let Some(budget) = &self.budget {
@@ -430,7 +448,7 @@ impl Fetcher {
             record.cost += verdict.cost;
             record.task_id.clone_from(&verdict.task_id);
             debug!(
-                %endpoint, target, page, attempt,
+                %endpoint, target, page, attempt = record.attempts,
                 http_status = verdict.http_status,
                 status_code = verdict.status_code,
                 outcome = ?verdict.outcome,
@@ -439,7 +457,7 @@ impl Fetcher {
 
             match verdict.outcome {
                 Outcome::Ok | Outcome::NoResults => {
-                    self.pacer.on_success();
+                    self.pacer.on_success(slot);
                     let fetched = Fetched {
                         body: response.unwrap_or_default(),
                         outcome: verdict.outcome,
@@ -452,19 +470,38 @@ impl Fetcher {
                     return Ok(fetched);
                 }
                 Outcome::RateLimited | Outcome::TooManyInFlight => {
-                    let counter = if verdict.outcome == Outcome::RateLimited {
-                        &self.counters.rate_limited
+                    if verdict.outcome == Outcome::RateLimited {
+                        self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        self.pacer.on_rate_limited(slot, quota);
                     } else {
-                        &self.counters.too_many_in_flight
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    self.pacer.slow_down(sent_at);
-                    debug!(
-                        interval_ms = self.pacer.interval().as_millis() as u64,
-                        "slowing down"
-                    );
+                        self.counters
+                            .too_many_in_flight
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.pacer.on_too_many_in_flight(slot);
+                    }
+                    limited_in_a_row += 1;
+                    let interval_ms = self.pacer.interval().as_millis() as u64;
+                    let rate = self.pacer.rate().round() as u64;
+                    if [10, 100, 1000, 10_000].contains(&limited_in_a_row) {
+                        warn!(
+                            %endpoint, target, page, answers = limited_in_a_row,
+                            last = %describe(&verdict), per_minute = rate, interval_ms,
+                            "still refused for the rate; waiting for the pace to settle"
+                        );
+                    } else {
+                        debug!(per_minute = rate, interval_ms, "slowing down");
+                    }
+                    // Not a fault of the request: no attempt is used up and
+                    // no backoff waited; the next slot is the wait.
+                    drop(permit);
+                    continue;
                 }
-                Outcome::Transient => {}
+                Outcome::Transient => {
+                    if response.is_some() {
+                        // The API counted it, whatever went wrong.
+                        self.pacer.on_admitted(slot);
+                    }
+                }
                 Outcome::Account => {
                     let code = verdict
                         .status_code
@@ -480,6 +517,7 @@ impl Fetcher {
                     return Err(error);
                 }
                 Outcome::BadRequest => {
+                    self.pacer.on_admitted(slot);
                     return Err(Error::BadRequest {
                         code: verdict
                             .status_code
@@ -489,23 +527,45 @@ impl Fetcher {
                     });
                 }
             }
-            last = describe(&verdict);
-            last_cause = verdict.cause;
             drop(permit);
+            limited_in_a_row = 0;
+            faults += 1;
+            if faults >= max_faults {
+                return Err(Error::Exhausted {
+                    attempts: faults,
+                    last: describe(&verdict),
+                    cause: verdict.cause.map(Arc::new),
+                });
+            }
+            backoff = Some(policy.backoff(faults));
         }
-        Err(Error::Exhausted {
-            attempts: record.attempts,
-            last,
-            cause: last_cause.map(Arc::new),
-        })
     }
 
-    /// One HTTP exchange: the status and the whole body, or why not.
+    /// Logs a limit the API announced for the first time or changed.
+    fn announced(&self, limit: u32) {
+        let configured = self.config.requests_per_minute;
+        if limit < configured {
+            warn!(
+                announced = limit,
+                configured,
+                "the API allows {limit} requests a minute, fewer than api.requests_per_minute \
+                 ({configured}): pacing at {limit}"
+            );
+        } else {
+            info!(
+                announced = limit,
+                configured, "the API allows {limit} requests a minute"
+            );
+        }
+    }
+
+    /// One HTTP exchange: the status, the rate-limit headers and the whole
+    /// body, or why not.
     async fn send_once(
         &self,
         url: &str,
         body: Bytes,
-    ) -> std::result::Result<(u16, Bytes), reqwest::Error> {
+    ) -> std::result::Result<(u16, Quota, Bytes), reqwest::Error> {
         let response = self
             .client
             .post(url)
@@ -515,8 +575,9 @@ impl Fetcher {
             .send()
             .await?;
         let status = response.status().as_u16();
+        let quota = quota(response.headers());
         let bytes = response.bytes().await?;
-        Ok((status, bytes))
+        Ok((status, quota, bytes))
     }
 
     /// Runs `wait` unless the run is cancelled first.
@@ -526,6 +587,23 @@ impl Fetcher {
             () = self.cancel.cancelled() => Err(Error::Cancelled),
             out = wait => Ok(out),
         }
+    }
+}
+
+/// `X-RateLimit-Limit` and `X-RateLimit-Remaining` of an answer. A value
+/// that is not a whole number of requests (after trimming; a decimal is
+/// rounded down) counts as absent.
+fn quota(headers: &reqwest::header::HeaderMap) -> Quota {
+    let count = |name: &str| {
+        let text = headers.get(name)?.to_str().ok()?.trim();
+        text.parse::<u32>().ok().or_else(|| {
+            let n = text.parse::<f64>().ok()?;
+            (n.is_finite() && n >= 0.0).then(|| n.min(f64::from(u32::MAX)) as u32)
+        })
+    };
+    Quota {
+        limit: count("x-ratelimit-limit"),
+        remaining: count("x-ratelimit-remaining"),
     }
 }
 

@@ -3,10 +3,14 @@
 //! A [`Fetcher`] owns one HTTP client and sends a task to an endpoint with
 //! [`Fetcher::post`]: it waits for a place among `max_in_flight`, then for
 //! its slot from the [`Pacer`] (requests evenly spaced at
-//! `requests_per_minute`, slowed down when the API still says 40202/40209),
-//! sends, classifies the answer by the status codes inside the envelope
-//! (`docs/api-behaviour.md`) and retries what is worth retrying with capped exponential
-//! backoff and jitter. Account problems stop every further request.
+//! `requests_per_minute`, or at the lower limit the API announces in
+//! `X-RateLimit-Limit`, slowed down as `X-RateLimit-Remaining` nears zero
+//! and when the API still says 40202/40209), sends, classifies the answer
+//! by the status codes inside the envelope (`docs/api-behaviour.md`) and
+//! retries what is worth retrying: transient errors with capped
+//! exponential backoff and jitter, up to `max_attempts`; rate-limit
+//! answers in the pacer's next slot, without using up an attempt, until
+//! the run is cancelled. Account problems stop every further request.
 //!
 //! A task enters as a serialisable value; an [`Exchange`] leaves: the
 //! [`RequestRecord`](backlinks_model::RequestRecord) for the ledger and, on
@@ -34,7 +38,7 @@ use std::time::Duration;
 pub use archive::{ArchiveIndex, ArchiveRecord, ArchiveWriter};
 pub use budget::Budget;
 pub use client::{Exchange, Fetched, Fetcher, FetcherStats};
-pub use pacer::Pacer;
+pub use pacer::{Pacer, Quota, Slot};
 
 use backlinks_model::Secret;
 use chrono::{DateTime, NaiveTime, Utc};
@@ -58,10 +62,12 @@ pub enum Error {
     /// The request is wrong; sending it again would not help.
     #[error("request refused: the API answered {code} `{message}`")]
     BadRequest { code: i64, message: String },
-    /// Every attempt failed with a retryable error. `last` says how the
-    /// last attempt failed: the API's code and message, or the kind of
-    /// transport failure (`timed out`, `could not connect`, …), whose
-    /// error (without the URL) is then `cause`.
+    /// `attempts` attempts (the policy's `max_attempts`) failed with a
+    /// transient error; answers that only refused the rate (40202, 40209)
+    /// are not counted. `last` says how the last attempt failed: the API's
+    /// code and message, or the kind of transport failure (`timed out`,
+    /// `could not connect`, …), whose error (without the URL) is then
+    /// `cause`.
     #[error("gave up after {attempts} attempts; last error: {last}{}", suffix(.cause.as_deref()))]
     Exhausted {
         attempts: u32,
@@ -198,7 +204,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
-    /// Attempts per request, the first included (≥ 1).
+    /// Attempts per request that may fail with a transient error, the
+    /// first included (≥ 1). Rate-limit answers (40202, 40209, HTTP 429)
+    /// do not count: a request refused for the rate goes again once the
+    /// pace allows, until it is answered or the run is cancelled.
     pub max_attempts: u32,
     /// Backoff before the second attempt; doubles each time.
     pub initial_backoff: Duration,

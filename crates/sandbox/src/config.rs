@@ -14,13 +14,26 @@ pub struct SandboxConfig {
     pub login: String,
     /// Basic-auth password the sandbox accepts. Never logged or echoed.
     pub password: String,
-    /// Requests accepted per `rate_window`, a rolling window: every
-    /// authorized request it admits counts from its arrival (malformed ones
-    /// included); requests it refuses with 40202 do not. 0 = no cap.
+    /// Requests accepted per `rate_window` (rolling by default, see
+    /// `rate_window_kind`): every authorized request it admits counts from
+    /// its arrival (malformed ones included); requests it refuses with
+    /// 40202 do not. 0 = no cap (and no rate-limit headers).
     pub requests_per_minute: u32,
-    /// Length of the rolling window of `requests_per_minute` (60 s, as the
-    /// API's; tests shorten it).
+    /// Length of the window of `requests_per_minute` (60 s, as the API's;
+    /// tests and benchmarks shorten it).
     pub rate_window: Duration,
+    /// Whether the window rolls (any `rate_window` holds at most the cap)
+    /// or is fixed (the count starts again every `rate_window` from the
+    /// start). Which one the API uses no source says; the client must be
+    /// right under both.
+    pub rate_window_kind: RateWindowKind,
+    /// Send `X-RateLimit-Limit` and `X-RateLimit-Remaining` with every
+    /// answer to an authorized request, as the API does (default). Both
+    /// are per minute: the cap, and what is left of it in the current
+    /// window, scaled by `60 s / rate_window` when the window is not a
+    /// minute (so a shortened window announces the per-minute rate it
+    /// stands for). Off, the client has only the answers to go by.
+    pub rate_limit_headers: bool,
     /// Requests handled at once before answering 40209. 0 = no cap.
     pub max_in_flight: u32,
     /// Time every processed request takes before its answer.
@@ -67,6 +80,8 @@ impl Default for SandboxConfig {
             password: "sandbox".into(),
             requests_per_minute: 2000,
             rate_window: Duration::from_secs(60),
+            rate_window_kind: RateWindowKind::Rolling,
+            rate_limit_headers: true,
             max_in_flight: 30,
             latency: Duration::ZERO,
             latency_jitter: Duration::ZERO,
@@ -86,6 +101,8 @@ impl fmt::Debug for SandboxConfig {
             .field("password", &"<redacted>")
             .field("requests_per_minute", &self.requests_per_minute)
             .field("rate_window", &self.rate_window)
+            .field("rate_window_kind", &self.rate_window_kind)
+            .field("rate_limit_headers", &self.rate_limit_headers)
             .field("max_in_flight", &self.max_in_flight)
             .field("latency", &self.latency)
             .field("latency_jitter", &self.latency_jitter)
@@ -95,6 +112,18 @@ impl fmt::Debug for SandboxConfig {
             .field("account_refusal", &self.account_refusal)
             .finish()
     }
+}
+
+/// How the window of [`SandboxConfig::requests_per_minute`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RateWindowKind {
+    /// At most the cap in any `rate_window`: each admission counts for
+    /// `rate_window` from its arrival.
+    #[default]
+    Rolling,
+    /// At most the cap per `rate_window` counted from the sandbox's start;
+    /// the count starts again at each boundary.
+    Fixed,
 }
 
 /// Per-request probabilities (0..=1) of injected faults. At most one fault
@@ -133,6 +162,8 @@ mod tests {
         );
         assert_eq!(c.requests_per_minute, 2000);
         assert_eq!(c.rate_window, Duration::from_secs(60));
+        assert_eq!(c.rate_window_kind, RateWindowKind::Rolling);
+        assert!(c.rate_limit_headers);
         assert_eq!(c.max_in_flight, 30);
         assert_eq!(c.latency, Duration::ZERO);
         assert_eq!(c.faults, Faults::default());

@@ -5,7 +5,8 @@
 //! the paged `POST /v3/backlinks/backlinks/live`), the same envelope
 //! (`version`, `status_code`, `tasks[]` with `id`, `cost`, `data` echoing
 //! the request, `result`), HTTP Basic auth, one task per live request, the
-//! account's limits (a rolling per-minute cap → 40202, a cap on requests in
+//! account's limits (a per-minute cap, rolling or fixed → 40202, announced
+//! in `X-RateLimit-Limit` / `X-RateLimit-Remaining`; a cap on requests in
 //! flight → 40209), latency, injectable [`Faults`] (HTTP 500, envelope
 //! 50000, truncated bodies, rate-limit storms, slow answers) and refusals
 //! of the account ([`AccountRefusal`]: 40203 spending limit, 40204 plan,
@@ -39,7 +40,7 @@ mod stats;
 
 use std::time::Duration;
 
-pub use config::{AccountRefusal, Faults, SandboxConfig};
+pub use config::{AccountRefusal, Faults, RateWindowKind, SandboxConfig};
 pub use endpoints::backlinks::{
     BACKLINKS_ITEM_COST, BACKLINKS_TASK_COST, backlinks_page_cost, backlinks_total, served_backlink,
 };

@@ -1,5 +1,5 @@
-//! The imitated account's limits: a rolling request window and a cap on
-//! requests handled at once.
+//! The imitated account's limits: a request window (rolling or fixed)
+//! and a cap on requests handled at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,49 +8,121 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// At most `cap` admitted requests in any rolling `window`.
+use crate::config::RateWindowKind;
+
+/// At most `cap` admitted requests per `window`, counted either over any
+/// rolling `window` or per fixed `window` from the start.
 ///
-/// Only the last `cap` admissions are kept: the window is full exactly when
-/// the oldest of them is younger than `window`. Refused requests do not
-/// count (they consume no quota, so a client that backs off always gets
+/// Rolling: only the last `cap` admissions are kept, and the window is full
+/// exactly when the oldest of them is younger than `window`. Fixed: the
+/// admissions of the current window (`start + k × window`) are counted and
+/// the count starts again at the next one. Refused requests do not count
+/// (they consume no quota, so a client that backs off always gets
 /// through). Memory is bounded by `cap` whatever the request rate.
 #[derive(Debug)]
 pub(crate) struct RateWindow {
     cap: usize,
     window: Duration,
-    admitted: Mutex<VecDeque<Instant>>,
+    kind: RateWindowKind,
+    start: Instant,
+    state: Mutex<WindowState>,
+}
+
+#[derive(Debug, Default)]
+struct WindowState {
+    /// Rolling: the last `cap` admissions, oldest first.
+    admitted: VecDeque<Instant>,
+    /// Fixed: the number of the current window and its admissions.
+    current: u64,
+    count: usize,
+}
+
+/// What the window said to one request: whether it was admitted and how
+/// many more it admits now (after this one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admission {
+    pub(crate) admitted: bool,
+    pub(crate) remaining: u32,
 }
 
 impl RateWindow {
     /// `cap` 0 means no limit.
-    pub(crate) fn new(cap: u32, window: Duration) -> Self {
+    pub(crate) fn new(cap: u32, window: Duration, kind: RateWindowKind) -> Self {
         Self {
             cap: cap as usize,
             window,
-            admitted: Mutex::new(VecDeque::new()),
+            kind,
+            start: Instant::now(),
+            state: Mutex::new(WindowState::default()),
         }
     }
 
+    /// Whether there is a cap at all.
+    pub(crate) fn is_capped(&self) -> bool {
+        self.cap != 0
+    }
+
     /// Admits (and counts) a request arriving at `now`, or refuses it when
-    /// `cap` requests were admitted within the last `window`.
-    pub(crate) fn admit(&self, now: Instant) -> bool {
+    /// the window already holds `cap` admissions.
+    pub(crate) fn admit(&self, now: Instant) -> Admission {
+        self.decide(now, true)
+    }
+
+    /// What [`RateWindow::admit`] would say at `now`, counting nothing.
+    pub(crate) fn peek(&self, now: Instant) -> Admission {
+        self.decide(now, false)
+    }
+
+    fn decide(&self, now: Instant, count: bool) -> Admission {
         if self.cap == 0 {
-            return true;
+            return Admission {
+                admitted: true,
+                remaining: u32::MAX,
+            };
         }
-        // A poisoned lock still holds a consistent queue of instants.
-        let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
-        let full = admitted.len() >= self.cap
-            && admitted
-                .front()
-                .is_some_and(|oldest| now.saturating_duration_since(*oldest) < self.window);
-        if full {
-            return false;
+        // A poisoned lock still holds consistent counts.
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.used(&mut state, now);
+        let admitted = used < self.cap;
+        if admitted && count {
+            match self.kind {
+                RateWindowKind::Rolling => {
+                    state.admitted.push_back(now);
+                    while state.admitted.len() > self.cap {
+                        state.admitted.pop_front();
+                    }
+                }
+                RateWindowKind::Fixed => state.count += 1,
+            }
         }
-        admitted.push_back(now);
-        while admitted.len() > self.cap {
-            admitted.pop_front();
+        let used = used + usize::from(admitted && count);
+        let remaining = u32::try_from(self.cap.saturating_sub(used)).unwrap_or(u32::MAX);
+        Admission {
+            admitted,
+            remaining,
         }
-        true
+    }
+
+    /// Admissions that count against a request arriving at `now`.
+    fn used(&self, state: &mut WindowState, now: Instant) -> usize {
+        match self.kind {
+            RateWindowKind::Rolling => {
+                // Oldest first: those younger than the window are a suffix.
+                let young = state
+                    .admitted
+                    .partition_point(|at| now.saturating_duration_since(*at) >= self.window);
+                state.admitted.len() - young
+            }
+            RateWindowKind::Fixed => {
+                let since = now.saturating_duration_since(self.start);
+                let current = (since.as_nanos() / self.window.as_nanos().max(1)) as u64;
+                if current != state.current {
+                    state.current = current;
+                    state.count = 0;
+                }
+                state.count
+            }
+        }
     }
 }
 
@@ -102,29 +174,66 @@ mod tests {
 
     #[test]
     fn the_window_rolls() {
-        let w = RateWindow::new(3, Duration::from_secs(60));
+        let w = RateWindow::new(3, Duration::from_secs(60), RateWindowKind::Rolling);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert!(w.admit(at(0)));
-        assert!(w.admit(at(10)));
-        assert!(w.admit(at(20)));
+        let admit = |s| w.admit(at(s));
+        let yes = |remaining| Admission {
+            admitted: true,
+            remaining,
+        };
+        let no = Admission {
+            admitted: false,
+            remaining: 0,
+        };
+        assert_eq!(admit(0), yes(2));
+        assert_eq!(admit(10), yes(1));
+        assert_eq!(w.peek(at(15)), yes(1));
+        assert_eq!(admit(20), yes(0));
         // Three in the last 60 s: refused, and not counted.
-        assert!(!w.admit(at(30)));
-        assert!(!w.admit(at(59)));
+        assert_eq!(admit(30), no);
+        assert_eq!(admit(59), no);
         // At 60 s the first admission has left the window.
-        assert!(w.admit(at(60)));
-        assert!(!w.admit(at(61)));
+        assert_eq!(w.peek(at(60)), yes(1));
+        assert_eq!(admit(60), yes(0));
+        assert_eq!(admit(61), no);
         // At 75 s the one at 10 s has left too: the refusals at 30 s and
         // 59 s did not take its place.
-        assert!(w.admit(at(75)));
-        assert!(!w.admit(at(76)));
+        assert_eq!(admit(75), yes(0));
+        assert_eq!(admit(76), no);
+        // Long after, the whole cap is free again.
+        assert_eq!(w.peek(at(500)), yes(3));
+    }
+
+    #[test]
+    fn the_fixed_window_starts_again_at_each_boundary() {
+        let w = RateWindow::new(3, Duration::from_secs(60), RateWindowKind::Fixed);
+        let t0 = w.start;
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let admitted = |s| w.admit(at(s));
+        assert_eq!(admitted(50).remaining, 2);
+        assert_eq!(admitted(55).remaining, 1);
+        assert_eq!(admitted(59).remaining, 0);
+        assert!(!admitted(59).admitted);
+        // A new window at 60 s: three more at once, unlike a rolling one.
+        for left in [2, 1, 0] {
+            let a = admitted(60);
+            assert_eq!((a.admitted, a.remaining), (true, left));
+        }
+        assert!(!admitted(119).admitted);
+        assert_eq!(w.peek(at(120)).remaining, 3);
+        // A window without requests in between is forgotten too.
+        assert_eq!(admitted(300).remaining, 2);
     }
 
     #[test]
     fn a_zero_cap_admits_everything() {
-        let w = RateWindow::new(0, Duration::from_secs(60));
-        let now = Instant::now();
-        assert!((0..10_000).all(|_| w.admit(now)));
+        for kind in [RateWindowKind::Rolling, RateWindowKind::Fixed] {
+            let w = RateWindow::new(0, Duration::from_secs(60), kind);
+            let now = Instant::now();
+            assert!((0..10_000).all(|_| w.admit(now).admitted));
+            assert!(!w.is_capped());
+        }
     }
 
     #[test]

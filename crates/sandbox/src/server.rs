@@ -4,9 +4,12 @@
 //! A POST goes through, in order: path (404) → Basic auth (401) → the body
 //! is read (at most [`MAX_BODY_BYTES`]) → the account's refusal, if one is
 //! configured and due (40203–40207, …) → the in-flight cap (40209) → the
-//! rolling window (40202; every authorized request it admits counts, on
-//! arrival, malformed ones included) → one task in a JSON array (40000) →
-//! the fault draw → latency → the endpoint's answer.
+//! window (40202; every authorized request it admits counts, on arrival,
+//! malformed ones included) → one task in a JSON array (40000) → the fault
+//! draw → latency → the endpoint's answer. Every answer to an authorized
+//! request carries `X-RateLimit-Limit` and `X-RateLimit-Remaining` (what
+//! the window held when the request arrived, this one counted), unless
+//! the account has no cap or the headers are off.
 //! Refusals before the fault draw answer at once; processed requests wait
 //! `latency` (+ jitter, + `slow_delay` when slow) while holding their
 //! in-flight place. Processing runs in its own task, so a request whose
@@ -37,9 +40,14 @@ use crate::config::SandboxConfig;
 use crate::endpoints::{self, LiveEndpoint};
 use crate::envelope;
 use crate::faults::{FaultInjector, FaultKind};
-use crate::limits::{InFlight, RateWindow};
+use crate::limits::{Admission, InFlight, RateWindow};
 use crate::rng::{Rng, combine};
 use crate::stats::{LoggedRequest, Recorder, SandboxStats};
+
+/// The per-minute ceiling the account announces with every answer.
+const RATE_LIMIT_LIMIT: &str = "x-ratelimit-limit";
+/// What is left of it in the current window.
+const RATE_LIMIT_REMAINING: &str = "x-ratelimit-remaining";
 
 /// Larger bodies are refused with 40000 (and not read further).
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
@@ -84,7 +92,11 @@ impl Sandbox {
             .map(|e| (endpoints::url_path(e.as_ref()), Arc::from(e)))
             .collect();
         let shared = Arc::new(Shared {
-            window: RateWindow::new(config.requests_per_minute, config.rate_window),
+            window: RateWindow::new(
+                config.requests_per_minute,
+                config.rate_window,
+                config.rate_window_kind,
+            ),
             in_flight: InFlight::new(config.max_in_flight),
             faults: FaultInjector::new(&config.faults, config.storm_length),
             recorder: Recorder::new(config.keep_log),
@@ -194,6 +206,20 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
     // Read before the limits, so that a refused request leaves the
     // connection reusable; the size cap bounds memory.
     let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
+    let (response, admission) =
+        authorized_post(Arc::clone(&shared), endpoint, path, body, arrived).await;
+    shared.with_quota(response, admission)
+}
+
+/// An authorized POST past its account's checks, limits and faults: the
+/// answer, and what the window said to it (for the rate-limit headers).
+async fn authorized_post(
+    shared: Arc<Shared>,
+    endpoint: Arc<dyn LiveEndpoint>,
+    path: String,
+    body: std::result::Result<Bytes, axum::Error>,
+    arrived: Instant,
+) -> (Response, Admission) {
     let target = || {
         shared
             .recorder
@@ -207,7 +233,8 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
                 path,
                 code: refusal.status_code,
             };
-            return shared.refuse(true, error, target());
+            let admission = shared.window.peek(Instant::now());
+            return (shared.refuse(true, error, target()), admission);
         }
     }
     let Some(slot) = shared.in_flight.enter() else {
@@ -215,21 +242,26 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
             path,
             limit: shared.config.max_in_flight,
         };
-        return shared.refuse(true, error, target());
+        let admission = shared.window.peek(Instant::now());
+        return (shared.refuse(true, error, target()), admission);
     };
-    if !shared.window.admit(Instant::now()) {
+    let admission = shared.window.admit(Instant::now());
+    if !admission.admitted {
         drop(slot);
         let error = Error::RateLimited {
             path,
             limit: shared.config.requests_per_minute,
             window: shared.config.rate_window,
         };
-        return shared.refuse(true, error, target());
+        return (shared.refuse(true, error, target()), admission);
     }
     let Ok(body) = body else {
         let reason =
             format!("The request body must be a JSON array of at most {MAX_BODY_BYTES} bytes.");
-        return shared.refuse(true, Error::BadRequest { path, reason }, None);
+        return (
+            shared.refuse(true, Error::BadRequest { path, reason }, None),
+            admission,
+        );
     };
     let work = tokio::spawn(async move {
         let answer = shared
@@ -238,10 +270,11 @@ async fn dispatch(State(shared): State<Arc<Shared>>, request: Request) -> Respon
         drop(slot);
         answer
     });
-    work.await.unwrap_or_else(|e| {
+    let response = work.await.unwrap_or_else(|e| {
         warn!(error = %e, "sandbox request task failed");
         internal_server_error()
-    })
+    });
+    (response, admission)
 }
 
 impl Shared {
@@ -369,6 +402,31 @@ impl Shared {
         log.cost = answer.cost;
         self.answered(log);
         json_response(StatusCode::OK, bytes)
+    }
+
+    /// `response` with `X-RateLimit-Limit` and `X-RateLimit-Remaining`
+    /// per minute (see [`SandboxConfig::rate_limit_headers`]), when the
+    /// account has a cap and the headers are on.
+    fn with_quota(&self, mut response: Response, admission: Admission) -> Response {
+        if !self.config.rate_limit_headers || !self.window.is_capped() {
+            return response;
+        }
+        let per_minute = |n: u32| {
+            let window = self.config.rate_window.as_secs_f64();
+            let scaled = if window > 0.0 {
+                (f64::from(n) * 60.0 / window).floor()
+            } else {
+                f64::from(n)
+            };
+            HeaderValue::from(scaled.min(f64::from(u32::MAX)) as u32)
+        };
+        let headers = response.headers_mut();
+        headers.insert(
+            RATE_LIMIT_LIMIT,
+            per_minute(self.config.requests_per_minute),
+        );
+        headers.insert(RATE_LIMIT_REMAINING, per_minute(admission.remaining));
+        response
     }
 
     fn answered(&self, entry: LoggedRequest) {

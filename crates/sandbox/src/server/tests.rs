@@ -355,6 +355,106 @@ async fn over_the_rolling_cap_answers_40202() {
     sandbox.shutdown().await;
 }
 
+/// The status code and the rate-limit headers of an answer to `body`,
+/// sent with `credentials`.
+async fn quota(
+    sandbox: &Sandbox,
+    credentials: (&str, &str),
+    body: &str,
+) -> (i64, Option<u32>, Option<u32>) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{PATH}", sandbox.base_url()))
+        .basic_auth(credentials.0, Some(credentials.1))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("request sent");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().parse::<u32>().unwrap())
+    };
+    let (limit, remaining) = (header("X-RateLimit-Limit"), header("X-RateLimit-Remaining"));
+    let env = parse(&response.bytes().await.unwrap());
+    (env["status_code"].as_i64().unwrap(), limit, remaining)
+}
+
+#[tokio::test]
+async fn answers_announce_the_limit_and_what_is_left_of_it() {
+    let sandbox = start(SandboxConfig {
+        requests_per_minute: 3,
+        ..Default::default()
+    })
+    .await;
+    let good = task_body(json!({"target": "a.com"}));
+    let me = (LOGIN, PASSWORD);
+    assert_eq!(quota(&sandbox, me, &good).await, (20000, Some(3), Some(2)));
+    // A malformed request is admitted (and counted) too.
+    assert_eq!(
+        quota(&sandbox, me, "[1, 2]").await,
+        (40000, Some(3), Some(1))
+    );
+    assert_eq!(quota(&sandbox, me, &good).await, (20000, Some(3), Some(0)));
+    assert_eq!(quota(&sandbox, me, &good).await, (40202, Some(3), Some(0)));
+    // Nothing is announced to a caller who is not the account.
+    assert_eq!(
+        quota(&sandbox, (LOGIN, "wrong"), &good).await,
+        (40100, None, None)
+    );
+    sandbox.shutdown().await;
+
+    // A shortened window announces the per-minute rate it stands for.
+    let sandbox = start(SandboxConfig {
+        requests_per_minute: 4,
+        rate_window: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        quota(&sandbox, me, &good).await,
+        (20000, Some(120), Some(90))
+    );
+    sandbox.shutdown().await;
+
+    // Off, or without a cap: no headers.
+    for config in [
+        SandboxConfig {
+            rate_limit_headers: false,
+            ..Default::default()
+        },
+        SandboxConfig {
+            requests_per_minute: 0,
+            ..Default::default()
+        },
+    ] {
+        let sandbox = start(config).await;
+        assert_eq!(quota(&sandbox, me, &good).await, (20000, None, None));
+        sandbox.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn refusals_before_the_window_announce_what_it_holds() {
+    let sandbox = start(SandboxConfig {
+        requests_per_minute: 10,
+        max_in_flight: 1,
+        latency: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let good = task_body(json!({"target": "a.com"}));
+    let me = (LOGIN, PASSWORD);
+    let (first, second) = tokio::join!(quota(&sandbox, me, &good), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        quota(&sandbox, me, &good).await
+    });
+    assert_eq!(first, (20000, Some(10), Some(9)));
+    // Refused for being one too many in flight: not counted.
+    assert_eq!(second, (40209, Some(10), Some(9)));
+    sandbox.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_short_window_admits_again_once_it_has_passed() {
     let sandbox = start(SandboxConfig {
