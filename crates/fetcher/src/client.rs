@@ -41,6 +41,10 @@ pub struct Fetched {
 pub struct Exchange {
     pub record: RequestRecord,
     pub result: Result<Fetched>,
+    /// The per-minute limit (`X-RateLimit-Limit`) announced in the last
+    /// answer to this request that carried one; `None` when none did (or
+    /// the answer came from the archive).
+    pub announced_limit: Option<u32>,
 }
 
 /// Counters over the fetcher's lifetime.
@@ -232,6 +236,7 @@ impl Fetcher {
         estimate: f64,
     ) -> Exchange {
         let start = Instant::now();
+        let mut announced_limit = None;
         let mut record = RequestRecord {
             endpoint,
             target: target.to_owned(),
@@ -269,7 +274,8 @@ impl Fetcher {
                             key: &key,
                             estimate,
                         };
-                        self.send_with_retries(&request, &mut record).await
+                        self.send_with_retries(&request, &mut record, &mut announced_limit)
+                            .await
                     }
                 }
             }
@@ -283,7 +289,11 @@ impl Fetcher {
             }
             record.error = Some(error);
         }
-        Exchange { record, result }
+        Exchange {
+            record,
+            result,
+            announced_limit,
+        }
     }
 
     /// The archived answer to `key`, if the replay index has one.
@@ -373,6 +383,7 @@ impl Fetcher {
         &self,
         request: &Request<'_>,
         record: &mut RequestRecord,
+        announced_limit: &mut Option<u32>,
     ) -> Result<Fetched> {
         let (endpoint, target, page) = (request.endpoint, request.target, request.page);
         let mut body = Vec::with_capacity(request.json.len() + 2);
@@ -421,6 +432,9 @@ impl Fetcher {
             let (verdict, response, quota) = match answer {
                 Ok((status, quota, bytes)) => {
                     record.bytes += bytes.len() as u64;
+                    if quota.limit.is_some() {
+                        *announced_limit = quota.limit;
+                    }
                     if let Some(limit) = self.pacer.observe(slot, endpoint, quota) {
                         self.announced(limit);
                     }
@@ -949,6 +963,40 @@ mod tests {
         assert_eq!(fetcher.stats().attempts, 0);
         assert!(cancel.is_cancelled(), "dispatching stops");
         assert!(fetcher.budget().unwrap().exhausted());
+    }
+
+    #[test]
+    fn rate_limit_headers_are_read_leniently() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                map.insert(*k, HeaderValue::from_static(v));
+            }
+            quota(&map)
+        };
+        assert_eq!(
+            headers(&[
+                ("X-RateLimit-Limit", "2000"),
+                ("x-ratelimit-remaining", " 1999 ")
+            ]),
+            Quota {
+                limit: Some(2000),
+                remaining: Some(1999)
+            }
+        );
+        assert_eq!(
+            headers(&[
+                ("x-ratelimit-limit", "60.9"),
+                ("x-ratelimit-remaining", "-1")
+            ]),
+            Quota {
+                limit: Some(60),
+                remaining: None
+            }
+        );
+        assert_eq!(headers(&[("x-ratelimit-limit", "lots")]), Quota::default());
+        assert_eq!(headers(&[]), Quota::default());
     }
 
     #[test]

@@ -370,6 +370,7 @@ async fn rate_limit_answers_use_up_no_attempt() {
     let exchange = fetcher.post(Endpoint::Summary, "a.com", 0, &task).await;
     assert!(exchange.result.is_ok(), "{:?}", exchange.result);
     assert_eq!(exchange.record.attempts, 13);
+    assert_eq!(exchange.announced_limit, Some(ALLOWED as u32));
     let stats = fetcher.stats();
     assert_eq!(
         (
@@ -414,5 +415,6 @@ async fn only_the_run_stopping_ends_the_wait_of_a_refused_request() {
         exchange.result
     );
     assert_eq!(u64::from(exchange.record.attempts), refused as u64);
+    assert_eq!(exchange.announced_limit, None, "no headers");
     tasks.iter().for_each(|t| t.abort());
 }
