@@ -76,12 +76,13 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
 /// Scratch databases older than this are dropped when a test creates one.
 const SCRATCH_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
-/// A fresh database on the server of `DATABASE_URL`. The name is unique per
-/// call, and tests leave it for inspection after a failure; those of
-/// earlier test runs (older than [`SCRATCH_KEPT_FOR`], by the time in their
-/// UUIDv7) are dropped here, so a machine that runs the tests every day
-/// does not fill up with them.
-pub async fn scratch_database(tag: &str) -> String {
+/// A fresh database on the server of `DATABASE_URL`, dropped when the
+/// returned guard is dropped, unless the test is failing (the thread is
+/// panicking): then it is kept for inspection. The name is unique per call;
+/// the databases kept by earlier failed runs (older than
+/// [`SCRATCH_KEPT_FOR`], by the time in their UUIDv7) are dropped here, so
+/// a machine that runs the tests every day does not fill up with them.
+pub async fn scratch_database(tag: &str) -> ScratchDatabase {
     let base = base_database_url();
     let mut admin = PgConnection::connect(&base)
         .await
@@ -98,7 +99,78 @@ pub async fn scratch_database(tag: &str) -> String {
         .expect("create database");
     let mut url = url::Url::parse(&base).expect("DATABASE_URL is a URL");
     url.set_path(&name);
-    url.to_string()
+    ScratchDatabase {
+        url: url.to_string(),
+        name,
+    }
+}
+
+/// A scratch database: its URL (the guard dereferences to it), dropped
+/// with the guard when the test passes.
+#[derive(Debug)]
+pub struct ScratchDatabase {
+    url: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::ops::Deref for ScratchDatabase {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.url
+    }
+}
+
+impl AsRef<str> for ScratchDatabase {
+    fn as_ref(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for ScratchDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "keeping the scratch database {} of the failed test",
+                self.name
+            );
+            return;
+        }
+        // On a thread of its own: the test's runtime may be the one
+        // dropping the guard, and it cannot block on itself.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&base_database_url()).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            // Left for `drop_stale_scratch_databases` of a later run.
+            eprintln!("could not drop the scratch database {}", self.name);
+        }
+    }
 }
 
 /// Drops the scratch databases of earlier test runs; errors (another test

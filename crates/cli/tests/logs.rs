@@ -56,7 +56,7 @@ enabled = true
 "#,
     );
     let mut env = api_env(&sandbox);
-    env.push(("DATABASE_URL".into(), database));
+    env.push(("DATABASE_URL".into(), database.to_string()));
     let run = backlinks_async(
         vec![
             "--log-format".into(),

@@ -338,7 +338,7 @@ async fn replay_reloads_the_archive_without_any_request() {
             "--run-id".into(),
             "no-such-run".into(),
         ],
-        vec![("DATABASE_URL".into(), fresh)],
+        vec![("DATABASE_URL".into(), fresh.to_string())],
         dir.path().to_path_buf(),
     )
     .await;
