@@ -111,7 +111,7 @@ pub struct InputError(pub String);
         a run that did not finish resumes it without paying again for what was archived, and \
         `backlinks replay` re-loads archived answers with no network at all.\n\n\
         Exit codes: 0 ok, 1 some units failed or the run was interrupted, 2 bad config or input, \
-        3 account problem (auth, balance), 4 spend cap reached (budget.max_cost_usd or --max-cost), \
+        3 account problem (auth, balance, daily spending limit, plan, duplicate-task limit, IP whitelist), 4 spend cap reached (budget.max_cost_usd or --max-cost), \
         5 another run holds this pipeline and day (nothing was done; `run --wait` waits for it)."
 )]
 struct Cli {

@@ -43,8 +43,14 @@ pub fn render(report: &RunReport) -> String {
     }
     let _ = writeln!(
         w,
-        "  requests  {} sent, {} retries ({} rate-limited, {} too many in flight)",
-        r.requests, r.retries, r.rate_limited, r.too_many_in_flight
+        "  requests  {} sent, {} retries ({} rate-limited, {} too many in flight){}",
+        r.requests,
+        r.retries,
+        r.rate_limited,
+        r.too_many_in_flight,
+        r.announced_limit
+            .map(|limit| format!("; the API allows {limit}/min"))
+            .unwrap_or_default()
     );
     let _ = writeln!(w, "  cost      ${:.5}", r.cost_usd);
     if r.replayed > 0 {

@@ -251,6 +251,7 @@ impl Fetcher {
             task_id: None,
             error: None,
             replayed: false,
+            announced_limit: None,
         };
         // The key is computed from the JSON as a value, the form the
         // archive stores the request in.
@@ -289,6 +290,7 @@ impl Fetcher {
             }
             record.error = Some(error);
         }
+        record.announced_limit = announced_limit;
         Exchange {
             record,
             result,

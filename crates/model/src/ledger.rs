@@ -32,6 +32,9 @@ pub struct RequestRecord {
     /// Answered from the raw archive (paid by an earlier run; `cost` 0,
     /// `attempts` 0) instead of the API.
     pub replayed: bool,
+    /// The per-minute limit the API announced (`X-RateLimit-Limit`) in the
+    /// last answer to this request, if it sent one.
+    pub announced_limit: Option<u32>,
 }
 
 /// One run of a pipeline, as the `runs` table holds it.

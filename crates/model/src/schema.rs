@@ -336,6 +336,8 @@ static REQUESTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("error", DataType::Utf8, true),
         // Answered from the raw archive (paid by an earlier run).
         Field::new("replayed", DataType::Boolean, false),
+        // The per-minute limit the API announced in its last answer.
+        Field::new("announced_limit", DataType::Int64, true),
     ]))
 });
 

@@ -1066,13 +1066,22 @@ fn the_migration_reader_reads_what_the_sinks_rely_on() {
     let catalog = read_migrations();
     let requests = &catalog.tables["requests"];
     assert_eq!(requests.primary_key, None);
+    // Columns added by later migrations come last, with their own types.
+    let added: Vec<&PgColumn> = requests.columns.iter().rev().take(2).collect();
     assert_eq!(
-        requests.columns.last(),
-        Some(&PgColumn {
-            name: "replayed".into(),
-            data_type: "boolean".into(),
-            not_null: true,
-        })
+        added,
+        [
+            &PgColumn {
+                name: "announced_limit".into(),
+                data_type: "bigint".into(),
+                not_null: false,
+            },
+            &PgColumn {
+                name: "replayed".into(),
+                data_type: "boolean".into(),
+                not_null: true,
+            },
+        ]
     );
     let summary = &catalog.tables["summary"];
     assert_eq!(

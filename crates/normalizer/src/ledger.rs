@@ -40,6 +40,7 @@ pub fn requests_batch(
     let mut task_id = StringBuilder::with_capacity(n, n * 36);
     let mut error = StringBuilder::new();
     let mut replayed = BooleanBuilder::with_capacity(n);
+    let mut announced_limit = Int64Builder::with_capacity(n);
     for r in records {
         run.append_value(run_id);
         pipe.append_value(pipeline);
@@ -57,6 +58,7 @@ pub fn requests_batch(
         task_id.append_option(r.task_id.as_deref());
         error.append_option(r.error.as_deref());
         replayed.append_value(r.replayed);
+        announced_limit.append_option(r.announced_limit.map(i64::from));
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(run.finish()),
@@ -75,6 +77,7 @@ pub fn requests_batch(
         Arc::new(task_id.finish()),
         Arc::new(error.finish()),
         Arc::new(replayed.finish()),
+        Arc::new(announced_limit.finish()),
     ];
     RecordBatch::try_new(Dataset::Requests.schema(), columns)
 }
@@ -132,10 +135,12 @@ mod tests {
             task_id: Some("t".into()),
             error: None,
             replayed: false,
+            announced_limit: Some(2000),
         };
         let date = NaiveDate::from_ymd_opt(2026, 1, 2).unwrap();
         let replayed = RequestRecord {
             replayed: true,
+            announced_limit: None,
             ..record.clone()
         };
         let batch = requests_batch("r1", "demo", date, &[record, replayed]).unwrap();
@@ -147,6 +152,17 @@ mod tests {
             .downcast_ref::<BooleanArray>()
             .unwrap();
         assert_eq!((flags.value(0), flags.value(1)), (false, true));
+        let limits = batch
+            .column_by_name("announced_limit")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(
+            (limits.value(0), arrow::array::Array::is_null(limits, 1)),
+            (2000, true),
+            "the announced limit, or NULL when none was sent"
+        );
         let run = RunRecord {
             run_id: "r1".into(),
             pipeline: "demo".into(),

@@ -373,6 +373,7 @@ impl Pipeline {
         report.retries = stats.retries;
         report.rate_limited = stats.rate_limited;
         report.too_many_in_flight = stats.too_many_in_flight;
+        report.announced_limit = stats.announced_limit;
         report.replayed = stats.replayed;
         report.replayed_cost = cx.fetcher.replayed_cost();
         report.duration = clock.elapsed();

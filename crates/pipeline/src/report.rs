@@ -62,6 +62,8 @@ pub struct RunReport {
     pub retries: u64,
     pub rate_limited: u64,
     pub too_many_in_flight: u64,
+    /// The per-minute limit the API announced last (`X-RateLimit-Limit`).
+    pub announced_limit: Option<u32>,
     pub cost_usd: f64,
     /// Answers reused from the raw archive, and what they cost earlier.
     pub replayed: u64,
@@ -118,6 +120,7 @@ impl RunReport {
             retries: 0,
             rate_limited: 0,
             too_many_in_flight: 0,
+            announced_limit: None,
             cost_usd: 0.0,
             replayed: 0,
             replayed_cost: 0.0,
