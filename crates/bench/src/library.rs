@@ -153,6 +153,7 @@ impl LibraryRun {
 async fn run(pipeline: &BenchPipeline, mode: Mode) -> Result<LibraryRun> {
     let (raw, spec) = pipeline.spec()?;
     let options = RunOptions {
+        defer_indexes: false,
         snapshot_date: snapshot_date(),
         mode,
         database_url: None,

@@ -168,6 +168,13 @@ enum Command {
         /// wait for it to end instead of refusing at once (exit code 5).
         #[arg(long)]
         wait: bool,
+        /// For a large load into Postgres: drop the `backlinks` index on
+        /// `domain_from` before the first target and build it once at the end,
+        /// instead of keeping it up to date row by row (faster; queries by
+        /// referring domain are slow meanwhile). A run that dies before the end
+        /// leaves it to the next run to build.
+        #[arg(long)]
+        defer_indexes: bool,
     },
     /// Show the runs of a pipeline on a snapshot date: status, units, cost,
     /// answers archived, failed units, and whether one needs resuming.
@@ -256,6 +263,13 @@ pub struct RunArgs {
     /// for it to end instead of refusing at once (exit code 5).
     #[arg(long)]
     pub wait: bool,
+    /// For a large load into Postgres: drop the `backlinks` index on
+    /// `domain_from` before the first target and build it once at the end,
+    /// instead of keeping it up to date row by row (faster; queries by
+    /// referring domain are slow meanwhile). A run that dies before the end
+    /// leaves it to the next run to build.
+    #[arg(long)]
+    pub defer_indexes: bool,
 }
 
 fn main() -> ExitCode {
@@ -318,6 +332,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             targets,
             no_progress,
             wait,
+            defer_indexes,
         } => {
             let args = RunArgs {
                 pipeline,
@@ -329,6 +344,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 retry_failed: false,
                 max_cost: None,
                 wait,
+                defer_indexes,
             };
             run::execute(args, run::Source::Replay { run_id }).await
         }

@@ -177,6 +177,7 @@ pub async fn execute(args: RunArgs, source: Source) -> anyhow::Result<u8> {
         settings: serde_json::to_value(&raw).context("recording the settings")?,
         cpu: None,
         targets: Some(list),
+        defer_indexes: args.defer_indexes,
     };
     let shutdown = Shutdown::default();
     let signals = tokio::spawn(watch_signals(shutdown.clone(), spec.shutdown_grace));
@@ -218,9 +219,13 @@ fn exit_code(report: &RunReport) -> u8 {
             }
         );
     }
-    for e in [&report.ledger_error, &report.archive_error]
-        .into_iter()
-        .flatten()
+    for e in [
+        &report.ledger_error,
+        &report.archive_error,
+        &report.index_error,
+    ]
+    .into_iter()
+    .flatten()
     {
         eprintln!("error: {e}");
     }

@@ -84,6 +84,11 @@ pub struct RunOptions {
     /// The targets, when the caller already read them (default: the
     /// pipeline's target source is read at the start of the run).
     pub targets: Option<TargetList>,
+    /// Drop the Postgres indexes a large load is better off building
+    /// afterwards (`backlinks_sink_postgres::DEFERRABLE_INDEXES`) before the
+    /// first unit, and build them when the units are done. Without it, a
+    /// run builds any of them an earlier deferred load left missing.
+    pub defer_indexes: bool,
 }
 
 /// How a run is asked to stop: `stop` (first Ctrl-C or SIGTERM) ends
@@ -286,6 +291,7 @@ impl Pipeline {
             "run started"
         );
 
+        prepare_indexes(&sinks, options.defer_indexes).await?;
         let cx = Arc::new(UnitContext {
             fetcher,
             sinks: sinks.clone(),
@@ -360,6 +366,9 @@ impl Pipeline {
         drop(outcomes);
         report.units_not_run = units_total - report.units_ok - report.units_failed;
 
+        if options.defer_indexes {
+            report.index_error = build_indexes(&sinks).await.err().map(|e| chain(&e));
+        }
         let ledger_result = ledger.finish().await;
         let archive_result = match archive {
             Some(writer) => cpu
@@ -413,6 +422,7 @@ impl Pipeline {
             .clone()
             .or(report.budget_problem.clone())
             .or(report.ledger_error.clone())
+            .or(report.index_error.clone())
             .or(report.archive_error.clone());
         let manifest = state::Manifest::of_run(
             &record,
@@ -478,6 +488,44 @@ async fn land_outcome(
     );
 }
 
+/// Before the units: drops the deferrable indexes for a deferred load, or
+/// builds those an earlier one left missing (it died before its end).
+async fn prepare_indexes(sinks: &Sinks, defer: bool) -> Result<()> {
+    let Some(pg) = &sinks.postgres else {
+        return Ok(());
+    };
+    if defer {
+        let dropped = pg
+            .drop_deferrable_indexes()
+            .await
+            .context("dropping the indexes the load builds afterwards (--defer-indexes)")?;
+        info!(indexes = ?dropped, "indexes dropped for the load; they are built again when the units are done");
+    } else {
+        let started = Instant::now();
+        let built = pg
+            .build_missing_indexes()
+            .await
+            .context("building the indexes an earlier deferred load left missing")?;
+        if !built.is_empty() {
+            warn!(indexes = ?built, secs = started.elapsed().as_secs_f64(), "built the indexes an earlier deferred load left missing");
+        }
+    }
+    Ok(())
+}
+
+/// After the units of a deferred load: builds the indexes it dropped.
+async fn build_indexes(sinks: &Sinks) -> Result<()> {
+    let Some(pg) = &sinks.postgres else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let built = pg.build_missing_indexes().await.context(
+        "building the indexes dropped for the load (--defer-indexes); the next run builds them",
+    )?;
+    info!(indexes = ?built, secs = started.elapsed().as_secs_f64(), "indexes built after the load");
+    Ok(())
+}
+
 /// How the run ended, from what the report holds.
 fn outcome_status(report: &RunReport) -> RunStatus {
     if report.account_problem.is_some() {
@@ -491,6 +539,7 @@ fn outcome_status(report: &RunReport) -> RunStatus {
     } else if report.units_failed > 0
         || report.units_not_run > 0
         || report.ledger_error.is_some()
+        || report.index_error.is_some()
         || report.archive_error.is_some()
     {
         RunStatus::Partial

@@ -84,6 +84,9 @@ pub struct RunReport {
     /// The request ledger or the raw archive could not be written.
     pub ledger_error: Option<String>,
     pub archive_error: Option<String>,
+    /// The indexes a deferred load dropped could not be built again (the
+    /// next run builds them).
+    pub index_error: Option<String>,
 }
 
 impl RunReport {
@@ -134,6 +137,7 @@ impl RunReport {
             abandoned: false,
             ledger_error: None,
             archive_error: None,
+            index_error: None,
         }
     }
 

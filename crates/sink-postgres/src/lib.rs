@@ -146,6 +146,14 @@ impl Default for Timeouts {
     }
 }
 
+/// Secondary indexes that a large load may drop and build after its rows
+/// instead of keeping them up to date row by row (`run --defer-indexes`):
+/// the index and the statement that builds it, as the migrations do.
+pub const DEFERRABLE_INDEXES: &[(&str, &str)] = &[(
+    "backlinks_domain_from_idx",
+    "CREATE INDEX IF NOT EXISTS backlinks_domain_from_idx ON backlinks (domain_from)",
+)];
+
 /// A connection pool to the warehouse database, with the column types of
 /// the tables written so far. Share it behind an `Arc`.
 #[derive(Debug)]
@@ -233,6 +241,67 @@ impl PgSink {
         // Tables may have changed.
         self.catalog.clear();
         Ok(())
+    }
+
+    /// Drops the [`DEFERRABLE_INDEXES`] before a large load, so rows go in
+    /// without keeping them up to date; [`PgSink::build_missing_indexes`]
+    /// builds them again. Returns the names dropped.
+    pub async fn drop_deferrable_indexes(&self) -> Result<Vec<&'static str>> {
+        let mut dropped = Vec::new();
+        for (name, _) in DEFERRABLE_INDEXES {
+            let action = || format!("dropping the index {name}");
+            let sql = format!("DROP INDEX IF EXISTS {}", copy::quote_ident(name));
+            self.timed(action, async {
+                sqlx::query(&sql)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|source| Error::Query {
+                        action: action(),
+                        source,
+                    })
+            })
+            .await?;
+            dropped.push(*name);
+        }
+        Ok(dropped)
+    }
+
+    /// Builds the [`DEFERRABLE_INDEXES`] that are missing: after a load that
+    /// dropped them, or one that died before building them again. Readers
+    /// are not blocked while an index builds; writers of the table wait.
+    /// Returns the names built.
+    pub async fn build_missing_indexes(&self) -> Result<Vec<&'static str>> {
+        let mut built = Vec::new();
+        for (name, definition) in DEFERRABLE_INDEXES {
+            let action = || format!("building the index {name}");
+            let missing: bool = self
+                .timed(action, async {
+                    sqlx::query_scalar("SELECT to_regclass($1) IS NULL")
+                        .bind(*name)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(|source| Error::Query {
+                            action: action(),
+                            source,
+                        })
+                })
+                .await?;
+            if !missing {
+                continue;
+            }
+            self.timed(action, async {
+                sqlx::query(definition)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|source| Error::Query {
+                        action: action(),
+                        source,
+                    })
+            })
+            .await?;
+            built.push(*name);
+        }
+        Ok(built)
     }
 
     /// The connection pool.
