@@ -4,8 +4,9 @@
 and times it.
 
 Prints one JSON object: DuckDB's version, the threads it used, the rows the
-COPY wrote and the seconds the statement took (from the call to the end of
-the write; the interpreter's start and `import duckdb` are not counted).
+COPY wrote, the seconds the statement took (from the call to the end of
+the write; the interpreter's start and `import duckdb` are not counted) and
+the CPU time the process used meanwhile (user + system, every thread).
 
     .venv-bench-peer/bin/python scripts/bench-peer/duckdb_peer.py \
         --sql FILE [--threads N]
@@ -34,8 +35,10 @@ def main():
         con.execute(f"SET threads = {int(args.threads)}")
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     start = time.perf_counter()
+    cpu_start = time.process_time()
     result = con.execute(statement).fetchall()
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     rows = result[0][0] if result and result[0] else None
     con.close()
     print(
@@ -45,6 +48,7 @@ def main():
                 "threads": int(threads),
                 "rows": rows,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
             }
         )
     )

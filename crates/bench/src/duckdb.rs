@@ -41,6 +41,10 @@ pub struct DuckOutput {
     /// Rows the `COPY` wrote.
     pub rows: Option<u64>,
     pub seconds: f64,
+    /// CPU time of the process during the statement (user + system, every
+    /// thread).
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// One DuckDB run and the size of its file.
@@ -398,6 +402,7 @@ fn render(
     ndjson_bytes: u64,
 ) -> Section {
     let mb = |b: u64| b as f64 / 1e6;
+    let cpu = |c: Option<f64>| c.map_or("–".into(), |c| format!("{c:.1} s"));
     let duck = runs
         .iter()
         .min_by(|a, b| a.output.seconds.total_cmp(&b.output.seconds));
@@ -421,7 +426,8 @@ fn render(
          into `extra` (left NULL), check each answer's status, or write `backlink_redirects`, \
          the ledger and the run's files, which ours does. Ours is the library replay of the \
          same archive (replay section: `Pipeline::run`, {} cores). {}.\n\n\
-         | | rows | time | backlinks rows/s | `backlinks` Parquet |\n|---|---|---|---|---|\n",
+         CPU time is user + system of every thread during the timed part, of the best run.\n\n\
+         | | rows | time | CPU time | backlinks rows/s | `backlinks` Parquet |\n|---|---|---|---|---|---|\n",
         thousands(lines as f64),
         mb(body_bytes),
         mb(ndjson_bytes),
@@ -435,9 +441,10 @@ fn render(
     if let Some(l) = library {
         let _ = writeln!(
             body,
-            "| ours (library replay) | {} | {:.2} s | {} | {:.1} MB |",
+            "| ours (library replay) | {} | {:.2} s | {} | {} | {:.1} MB |",
             thousands(l.rows as f64),
             l.seconds,
+            cpu(l.cpu_seconds),
             thousands(l.rows_per_second()),
             mb(l.parquet_bytes)
         );
@@ -449,9 +456,10 @@ fn render(
             .collect();
         let _ = writeln!(
             body,
-            "| DuckDB | {} | {} | {} | {:.1} MB |",
+            "| DuckDB | {} | {} | {} | {} | {:.1} MB |",
             d.output.rows.map_or("?".into(), |r| thousands(r as f64)),
             times.join(", "),
+            cpu(d.output.cpu_seconds),
             thousands(d.rows_per_second()),
             mb(d.parquet_bytes)
         );
@@ -467,6 +475,20 @@ fn render(
         "\nOurs ÷ DuckDB (rows/s, best against best): **{}** (goal ≥ {GOAL_RATIO:.0}×).",
         ratio.map_or("not measured".into(), |r| format!("{r:.2}×"))
     );
+    let cpu_ratio = match (
+        library.and_then(|l| l.cpu_seconds),
+        duck.and_then(|d| d.output.cpu_seconds),
+    ) {
+        (Some(ours), Some(theirs)) if ours > 0.0 => Some(theirs / ours),
+        _ => None,
+    };
+    if let Some(r) = cpu_ratio {
+        let _ = writeln!(
+            body,
+            "In CPU time for the same rows (DuckDB's ÷ ours, the same runs): {r:.2}×: the work \
+             each does, whatever else ran on the machine."
+        );
+    }
     let mut section = Section::new("Peer: DuckDB, answers → Parquet", command, body);
     section.goals.push(Goal {
         what: "answers → Parquet, 1M items: ours ÷ DuckDB".into(),

@@ -132,6 +132,27 @@ pub fn vm_hwm(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU time of a `/proc/<pid>/stat` line, seconds.
+pub fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name is in parentheses and may hold spaces: count the
+    // fields after it (state is field 3; utime and stime are 14 and 15).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / TICKS_PER_SECOND)
+}
+
+/// CPU time this process has used so far (all threads), seconds.
+pub fn own_cpu_seconds() -> Option<f64> {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| cpu_seconds(&s))
+}
+
 /// `  rows      backlinks 100000, backlink_redirects 16072` → the two
 /// counts.
 pub fn rows_line(output: &str) -> Option<(u64, u64)> {
@@ -173,6 +194,9 @@ pub struct ChildRun {
     pub seconds: f64,
     /// Largest `VmHWM` seen, bytes (`None` if it could not be read).
     pub peak_rss: Option<u64>,
+    /// CPU time (user + system, all its threads) at the last look before
+    /// it exited, seconds.
+    pub cpu_seconds: Option<f64>,
     /// Its stdout and stderr, interleaved.
     pub output: String,
 }
@@ -206,13 +230,21 @@ pub fn measure(mut command: Command, dir: &Path, program: &Path) -> Result<Child
     let start = Instant::now();
     let mut child = command.spawn().map_err(io("starting", program))?;
     let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
+    let stat_file = PathBuf::from(format!("/proc/{}/stat", child.id()));
     let mut peak: Option<u64> = None;
+    let mut cpu: Option<f64> = None;
     let status = loop {
         if let Some(hwm) = std::fs::read_to_string(&status_file)
             .ok()
             .and_then(|s| vm_hwm(&s))
         {
             peak = Some(peak.map_or(hwm, |p| p.max(hwm)));
+        }
+        if let Some(seconds) = std::fs::read_to_string(&stat_file)
+            .ok()
+            .and_then(|s| cpu_seconds(&s))
+        {
+            cpu = Some(seconds);
         }
         match child.try_wait().map_err(io("waiting for", program))? {
             Some(status) => break status,
@@ -224,6 +256,7 @@ pub fn measure(mut command: Command, dir: &Path, program: &Path) -> Result<Child
         exit_code: status.code().unwrap_or(-1),
         seconds,
         peak_rss: peak,
+        cpu_seconds: cpu,
         output: std::fs::read_to_string(&out_path).unwrap_or_default(),
     })
 }
@@ -432,6 +465,11 @@ mod tests {
         let status = "Name:\tbacklinks\nVmPeak:\t 999 kB\nVmHWM:\t  136000 kB\nVmRSS:\t 100 kB\n";
         assert_eq!(vm_hwm(status), Some(136_000 * 1024));
         assert_eq!(vm_hwm("Name: x\n"), None);
+        let stat =
+            "4242 (back links) S 1 4242 4242 0 -1 4194560 900 0 0 0 812 95 0 0 20 0 9 0 100 1 1";
+        assert_eq!(cpu_seconds(stat), Some(9.07));
+        assert_eq!(cpu_seconds("4242 (x) S 1"), None);
+        assert!(own_cpu_seconds().is_some());
         let out = "run 01a…  pipeline bench-e2e  succeeded in 3.1s\n  units     1 ok\n  rows      backlinks 100000, backlink_redirects 16072\n";
         assert_eq!(rows_line(out), Some((100_000, 16_072)));
         assert_eq!(rows_line("  rows      summary 3\n"), None);

@@ -17,7 +17,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::e2e::{ChildRun, Load, clean_env, mib, rows_line};
+use crate::e2e::{ChildRun, Load, clean_env, mib, own_cpu_seconds, rows_line};
 use crate::library::{BenchPipeline, LibraryRun, dir_bytes, for_each_record, snapshot_date};
 use crate::report::{Goal, Section};
 use crate::{Error, Result, Size, per_second, thousands};
@@ -285,6 +285,9 @@ pub struct Replayed {
     pub parquet_bytes: u64,
     /// The child's peak resident memory (binary runs only).
     pub peak_rss: Option<u64>,
+    /// CPU time used, user + system of every thread (for the library, of
+    /// this whole process while it ran), seconds.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Replayed {
@@ -332,8 +335,13 @@ impl ReplayFigures {
 /// One replay by the library.
 async fn library_replay(archive: &Archive) -> Result<Replayed> {
     let (dir, pipeline) = archive.replay_dir()?;
+    let cpu_before = own_cpu_seconds();
     let run: LibraryRun = crate::library::replay(&pipeline).await?;
+    let cpu_seconds = own_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let replayed = Replayed {
+        cpu_seconds,
         seconds: run.seconds,
         rows: run.backlinks_rows(),
         redirects: run.redirect_rows(),
@@ -397,6 +405,7 @@ fn binary_replay(binary: &Path, archive: &Archive, one_core: bool) -> Result<Rep
         redirects,
         parquet_bytes: dir_bytes(&pipeline.parquet_dir.join("backlinks")),
         peak_rss: child.peak_rss,
+        cpu_seconds: child.cpu_seconds,
     })
 }
 
@@ -544,8 +553,11 @@ pub fn section(size: Size, f: &ReplayFigures) -> Section {
          `backlinks replay <pipeline> --as-of {}` timed from spawn to exit (process start, index \
          of the archive, every write and fsync), on every core and under `taskset -c 0`. {}; {} \
          cores here.\n\n\
-         | replay by | cores | each run | best | backlinks rows/s | redirect rows | `backlinks` Parquet | peak RSS |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         CPU time is user + system of every thread (of this process for the library, \
+         `/proc/<pid>/stat` of the child, read every 20 ms, for the binary), for the best run: \
+         unlike wall time, other work on the machine hardly moves it.\n\n\
+         | replay by | cores | each run | best | CPU time | backlinks rows/s | redirect rows | `backlinks` Parquet | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
         f.load.targets,
         f.load.items,
         f.load.items + f.load.targets - 1,
@@ -567,9 +579,10 @@ pub fn section(size: Size, f: &ReplayFigures) -> Section {
                     runs.iter().map(|r| format!("{:.2} s", r.seconds)).collect();
                 let _ = writeln!(
                     body,
-                    "| {what} | {cores} | {} | {:.2} s | {} | {} | {:.1} MB | {} |",
+                    "| {what} | {cores} | {} | {:.2} s | {} | {} | {} | {:.1} MB | {} |",
                     times.join(", "),
                     b.seconds,
+                    b.cpu_seconds.map_or("–".into(), |c| format!("{c:.1} s")),
                     thousands(b.rows_per_second()),
                     thousands(b.redirects as f64),
                     mb(b.parquet_bytes),
@@ -578,7 +591,10 @@ pub fn section(size: Size, f: &ReplayFigures) -> Section {
             }
         }
         Err(why) => {
-            let _ = writeln!(body, "| {what} | {cores} | not measured: {why} | | | | | |");
+            let _ = writeln!(
+                body,
+                "| {what} | {cores} | not measured: {why} | | | | | | |"
+            );
         }
     };
     let all = format!("all ({})", f.cores);
