@@ -73,6 +73,9 @@ pub async fn validate(path: &Path, explain: bool, targets: Option<&Path>) -> any
     for rejected in &list.rejected {
         let _ = writeln!(out, "  rejected {rejected}");
     }
+    for warning in &spec.warnings {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
     if explain {
         let _ = writeln!(out, "\n# effective settings (defaults included)");
         out.push_str(&toml::to_string_pretty(&raw).context("printing the settings")?);
@@ -121,6 +124,9 @@ pub enum Source {
 /// `backlinks run` and `backlinks replay`.
 pub async fn execute(args: RunArgs, source: Source) -> anyhow::Result<u8> {
     let (raw, spec) = load_spec(&args.pipeline, args.targets.as_deref(), args.strict)?;
+    for warning in &spec.warnings {
+        warn!("{warning}");
+    }
     let today = Utc::now().date_naive();
     let snapshot_date = args.as_of.unwrap_or(today);
     if snapshot_date > today {

@@ -84,7 +84,11 @@ pub struct RawBacklinks {
     /// `all`, `live` or `lost`.
     pub backlinks_status_type: String,
     pub include_subdomains: bool,
-    pub include_indirect_links: bool,
+    /// Not a field of backlinks/live in the current official client (it
+    /// was until 2025; summary/live still has it): sent only when set
+    /// here, and `validate` warns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include_indirect_links: Option<bool>,
     pub exclude_internal_backlinks: bool,
     /// `one_hundred` or `one_thousand`.
     pub rank_scale: String,
@@ -105,7 +109,7 @@ impl Default for RawBacklinks {
             order_by: None,
             backlinks_status_type: "live".into(),
             include_subdomains: true,
-            include_indirect_links: true,
+            include_indirect_links: None,
             exclude_internal_backlinks: true,
             rank_scale: "one_thousand".into(),
             limit: 1000,
@@ -398,6 +402,9 @@ pub struct PipelineSpec {
     pub max_cost_usd: Option<f64>,
     pub pricing: RawPricing,
     pub shutdown_grace: Duration,
+    /// Settings that are valid but worth a word (`validate` prints them,
+    /// a run logs them).
+    pub warnings: Vec<String>,
 }
 
 /// backlinks/live: the request template (its `target`, `offset`, `limit`
@@ -704,7 +711,23 @@ impl RawPipeline {
             max_cost_usd: (self.budget.max_cost_usd > 0.0).then_some(self.budget.max_cost_usd),
             pricing: self.pricing.clone(),
             shutdown_grace: Duration::from_secs(api.shutdown_grace_secs),
+            warnings: self.warnings(),
         })
+    }
+}
+
+impl RawPipeline {
+    /// What is valid but worth a word.
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(b) = &self.endpoints.backlinks {
+            if b.include_indirect_links.is_some() {
+                warnings.push(
+                    "endpoints.backlinks.include_indirect_links is not a field of backlinks/live in the current official client (dataforseo-client 2.1.10); it is sent because it is set here, and the API may ignore or refuse it".into(),
+                );
+            }
+        }
+        warnings
     }
 }
 
@@ -773,7 +796,7 @@ fn validate_backlinks(b: &RawBacklinks, check: &mut impl FnMut(bool, String)) ->
             order_by: b.order_by.clone(),
             backlinks_status_type: Some(b.backlinks_status_type.clone()),
             include_subdomains: Some(b.include_subdomains),
-            include_indirect_links: Some(b.include_indirect_links),
+            include_indirect_links: b.include_indirect_links,
             exclude_internal_backlinks: Some(b.exclude_internal_backlinks),
             rank_scale: Some(b.rank_scale.clone()),
             tag: b.tag.clone(),

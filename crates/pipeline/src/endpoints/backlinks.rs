@@ -11,6 +11,26 @@ use super::{Answer, EndpointModule, PageRequest, PageRows, Paging};
 use crate::config::{BacklinksSpec, RawPrice};
 use crate::error::BoxError;
 
+/// The request fields of backlinks/live in the current official client:
+/// `BacklinksBacklinksLiveRequestInfo` of `dataforseo-client` 2.1.10 (PyPI).
+/// A request carries no other field unless the user set it explicitly
+/// (`validate` warns then); a test holds the requests to this list.
+pub const OFFICIAL_REQUEST_FIELDS: &[&str] = &[
+    "target",
+    "mode",
+    "custom_mode",
+    "filters",
+    "order_by",
+    "offset",
+    "search_after_token",
+    "limit",
+    "backlinks_status_type",
+    "include_subdomains",
+    "exclude_internal_backlinks",
+    "rank_scale",
+    "tag",
+];
+
 /// The backlinks endpoint with the pipeline's request and paging settings.
 pub struct Backlinks {
     spec: BacklinksSpec,

@@ -134,3 +134,117 @@ pub(crate) fn row_context<'a>(
         cost: fetched.cost,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn spec(endpoints: &str) -> PipelineSpec {
+        let text = format!("name = \"p\"\n[targets]\nlist = [\"example.com\"]\n{endpoints}");
+        toml::from_str::<crate::config::RawPipeline>(&text)
+            .expect("valid toml")
+            .validate(Path::new("."))
+            .expect("valid pipeline")
+    }
+
+    /// The fields of the requests `module` builds for its first page and a
+    /// page after a token.
+    fn fields(module: &dyn EndpointModule) -> Vec<String> {
+        let target = Target::from_normalized("example.com");
+        let pages = [
+            PageRequest {
+                offset: 0,
+                limit: 1000,
+                search_after_token: None,
+            },
+            PageRequest {
+                offset: 0,
+                limit: 1000,
+                search_after_token: Some("t".into()),
+            },
+        ];
+        let mut names = Vec::new();
+        for page in &pages {
+            let json = module.request(&target, page).expect("a request");
+            let value: serde_json::Value = serde_json::from_str(json.get()).expect("JSON");
+            for name in value.as_object().expect("an object").keys() {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// Every setting of both endpoints set (but the one the official
+    /// backlinks/live model lacks).
+    const EVERYTHING: &str = r#"[endpoints.summary]
+include_subdomains = false
+include_indirect_links = false
+exclude_internal_backlinks = false
+internal_list_limit = 50
+backlinks_status_type = "all"
+backlinks_filters = ["dofollow", "=", true]
+rank_scale = "one_hundred"
+tag = "s"
+[endpoints.backlinks]
+mode = "one_per_domain"
+filters = ["dofollow", "=", true]
+order_by = ["rank,desc"]
+backlinks_status_type = "all"
+include_subdomains = false
+exclude_internal_backlinks = false
+rank_scale = "one_hundred"
+limit = 500
+max_items = 2000
+tag = "b"
+"#;
+
+    #[test]
+    fn requests_carry_only_fields_of_the_official_models() {
+        let spec = spec(EVERYTHING);
+        assert!(spec.warnings.is_empty(), "{:?}", spec.warnings);
+        for module in modules(&spec) {
+            let official = match module.endpoint() {
+                Endpoint::Summary => summary::OFFICIAL_REQUEST_FIELDS,
+                Endpoint::Backlinks => backlinks::OFFICIAL_REQUEST_FIELDS,
+            };
+            let sent = fields(module.as_ref());
+            for name in &sent {
+                assert!(
+                    official.contains(&name.as_str()),
+                    "{} sends `{name}`, which its official model lacks",
+                    module.endpoint()
+                );
+            }
+            // Every setting of the pipeline file reaches the request.
+            assert!(sent.len() >= 9, "{}: {sent:?}", module.endpoint());
+        }
+    }
+
+    #[test]
+    fn a_field_the_official_model_lacks_is_sent_only_when_set_with_a_warning() {
+        let default = spec("[endpoints.backlinks]\n");
+        assert!(default.warnings.is_empty());
+        let sent = fields(modules(&default)[0].as_ref());
+        assert!(
+            !sent.contains(&"include_indirect_links".to_owned()),
+            "{sent:?}"
+        );
+
+        let set = spec("[endpoints.backlinks]\ninclude_indirect_links = false\n");
+        assert_eq!(set.warnings.len(), 1);
+        assert!(
+            set.warnings[0].contains("include_indirect_links"),
+            "{:?}",
+            set.warnings
+        );
+        let sent = fields(modules(&set)[0].as_ref());
+        assert!(
+            sent.contains(&"include_indirect_links".to_owned()),
+            "{sent:?}"
+        );
+    }
+}

@@ -10,6 +10,20 @@ use super::{Answer, EndpointModule, PageRequest, PageRows, Paging};
 use crate::config::RawPrice;
 use crate::error::BoxError;
 
+/// The request fields of summary/live in the current official client:
+/// `BacklinksSummaryLiveRequestInfo` of `dataforseo-client` 2.1.10 (PyPI).
+pub const OFFICIAL_REQUEST_FIELDS: &[&str] = &[
+    "target",
+    "include_subdomains",
+    "include_indirect_links",
+    "exclude_internal_backlinks",
+    "internal_list_limit",
+    "backlinks_status_type",
+    "backlinks_filters",
+    "rank_scale",
+    "tag",
+];
+
 /// The summary endpoint with the pipeline's request settings.
 pub struct Summary {
     template: SummaryRequest,
