@@ -79,7 +79,7 @@ pub struct RunOptions {
     pub database_url: Option<Secret>,
     /// The effective settings recorded with the run (never credentials).
     pub settings: serde_json::Value,
-    /// Where CPU work runs (default: one job per core).
+    /// Where CPU work runs (default: [`CpuPool::per_core`]).
     pub cpu: Option<CpuPool>,
     /// The targets, when the caller already read them (default: the
     /// pipeline's target source is read at the start of the run).
