@@ -176,11 +176,19 @@ pub async fn execute(args: RunArgs, source: Source) -> anyhow::Result<u8> {
             }
         }
     };
+    // The settings recorded with the run say what it really called: the
+    // base URL after DATAFORSEO_BASE_URL (or the embedded sandbox's).
+    let mut settings = serde_json::to_value(&raw).context("recording the settings")?;
+    if let (Mode::Fetch { api, .. }, Some(recorded)) =
+        (&mode, settings.pointer_mut("/api/base_url"))
+    {
+        *recorded = serde_json::Value::String(api.base_url.clone());
+    }
     let options = RunOptions {
         snapshot_date,
         mode,
         database_url,
-        settings: serde_json::to_value(&raw).context("recording the settings")?,
+        settings,
         cpu: None,
         targets: Some(list),
         defer_indexes: args.defer_indexes,

@@ -113,6 +113,17 @@ enabled = true
         }
     }
     assert_eq!(run_ids.len(), 1, "{run_ids:?}");
+    // The run records the base URL it really called (DATAFORSEO_BASE_URL
+    // here), not the pipeline file's default.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database)
+        .await
+        .unwrap();
+    let settings: String = sqlx::query_scalar("SELECT settings::text FROM runs")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let settings: Value = serde_json::from_str(&settings).unwrap();
+    assert_eq!(settings["api"]["base_url"], Value::from(sandbox.base_url()));
     for stage in [
         "backlinks_fetcher",
         "backlinks_sink_parquet",
