@@ -249,18 +249,9 @@ impl PgSink {
     pub async fn drop_deferrable_indexes(&self) -> Result<Vec<&'static str>> {
         let mut dropped = Vec::new();
         for (name, _) in DEFERRABLE_INDEXES {
-            let action = || format!("dropping the index {name}");
             let sql = format!("DROP INDEX IF EXISTS {}", copy::quote_ident(name));
-            self.timed(action, async {
-                sqlx::query(&sql)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|source| Error::Query {
-                        action: action(),
-                        source,
-                    })
-            })
-            .await?;
+            self.execute(&format!("dropping the index {name}"), &sql)
+                .await?;
             dropped.push(*name);
         }
         Ok(dropped)
@@ -273,35 +264,41 @@ impl PgSink {
     pub async fn build_missing_indexes(&self) -> Result<Vec<&'static str>> {
         let mut built = Vec::new();
         for (name, definition) in DEFERRABLE_INDEXES {
-            let action = || format!("building the index {name}");
+            let action = format!("building the index {name}");
             let missing: bool = self
-                .timed(action, async {
+                .timed(|| action.clone(), async {
                     sqlx::query_scalar("SELECT to_regclass($1) IS NULL")
                         .bind(*name)
                         .fetch_one(&self.pool)
                         .await
                         .map_err(|source| Error::Query {
-                            action: action(),
+                            action: action.clone(),
                             source,
                         })
                 })
                 .await?;
-            if !missing {
-                continue;
+            if missing {
+                self.execute(&action, definition).await?;
+                built.push(*name);
             }
-            self.timed(action, async {
-                sqlx::query(definition)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|source| Error::Query {
-                        action: action(),
-                        source,
-                    })
-            })
-            .await?;
-            built.push(*name);
         }
         Ok(built)
+    }
+
+    /// Runs one statement (`action` says what it does, for errors) with
+    /// the statement timeout.
+    async fn execute(&self, action: &str, sql: &str) -> Result<()> {
+        self.timed(|| action.to_owned(), async {
+            sqlx::query(sql)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|source| Error::Query {
+                    action: action.to_owned(),
+                    source,
+                })
+        })
+        .await
     }
 
     /// The connection pool.
