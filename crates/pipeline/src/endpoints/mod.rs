@@ -121,8 +121,8 @@ pub fn modules(spec: &PipelineSpec) -> Vec<Arc<dyn EndpointModule>> {
     modules
 }
 
-/// A partition key's owned parts, so a job on the CPU pool can rebuild its
-/// [`RowContext`].
+/// What the rows of `fetched`, an answer for partition `key`, are stamped
+/// with.
 pub(crate) fn row_context<'a>(
     key: &'a PartitionKey,
     fetched: &'a backlinks_fetcher::Fetched,
