@@ -209,55 +209,14 @@ impl Pipeline {
         let max_cost = spend_cap(&mode, spec.max_cost_usd)?;
         let index = archive_index(&mode, &archive_dir, &runs_dir, &spec.name, snapshot_date)?;
 
-        // The fetcher cancels its own token on an account problem or the
-        // spend cap; a signal cancels the run's.
-        let cancel = shutdown.stop.child_token();
-        let (api, offline) = match &mode {
-            Mode::Fetch { api, .. } => (api.clone(), false),
-            // Replay never calls anything: the client is built but never used.
-            Mode::Replay { .. } => (
-                Api {
-                    base_url: "http://127.0.0.1:9".into(),
-                    login: String::new(),
-                    password: Secret::new(""),
-                    label: "none (replay from the archive)".into(),
-                },
-                true,
-            ),
-        };
         let cpu = options.cpu.clone().unwrap_or_else(CpuPool::per_core);
         let sinks = Sinks::open(&spec, options.database_url.as_ref(), cpu.clone()).await?;
         sinks.mark_crashed(&crashed, &run_id).await?;
-        let mut fetcher = Fetcher::new(
-            FetcherConfig {
-                base_url: api.base_url.clone(),
-                login: api.login.clone(),
-                password: api.password.clone(),
-                requests_per_minute: spec.requests_per_minute,
-                max_in_flight: spec.max_in_flight,
-                timeout: spec.timeout,
-                retry: spec.retry.clone(),
-            },
-            cancel.clone(),
-        )
-        .context("building the HTTP client")?;
-        if let Some(index) = index {
-            fetcher = fetcher.with_replay(Arc::new(index));
-        }
-        let archive = if offline {
-            fetcher = fetcher.offline();
-            None
-        } else {
-            let writer = Arc::new(
-                ArchiveWriter::new(&archive_dir, run_id.clone())
-                    .context("opening the raw archive")?,
-            );
-            fetcher = fetcher.with_archive(writer.clone());
-            Some(writer)
-        };
-        if let Some(cap) = max_cost {
-            fetcher = fetcher.with_budget(Arc::new(Budget::new(cap)));
-        }
+        // The fetcher cancels its own token on an account problem or the
+        // spend cap; a signal cancels the run's.
+        let cancel = shutdown.stop.child_token();
+        let (fetcher, archive, api_label) =
+            fetcher(&spec, &mode, index, max_cost, &archive_dir, &run_id, cancel)?;
 
         let mut record = RunRecord {
             run_id: run_id.clone(),
@@ -286,7 +245,7 @@ impl Pipeline {
             targets = list.targets.len(),
             units = units.len(),
             max_cost_usd = max_cost,
-            api = %api.label,
+            api = %api_label,
             cpu_jobs = cpu.size(),
             "run started"
         );
@@ -405,25 +364,7 @@ impl Pipeline {
         report.status = outcome_status(&report);
 
         let rows = report.rows_by_name();
-        record.finished_at = Some(Utc::now());
-        record.status = report.status;
-        record.units_ok = report.units_ok as i64;
-        record.units_failed = report.units_failed as i64;
-        record.requests = report.requests as i64;
-        record.retries = report.retries as i64;
-        record.cost_usd = report.cost_usd;
-        record.rows = serde_json::to_string(&rows).context("recording the rows per dataset")?;
-        record.unknown_fields =
-            serde_json::to_string(&report.unknown).context("recording the unknown fields")?;
-        record.replayed = report.replayed as i64;
-        record.replayed_cost_usd = report.replayed_cost;
-        record.error = report
-            .account_problem
-            .clone()
-            .or(report.budget_problem.clone())
-            .or(report.ledger_error.clone())
-            .or(report.index_error.clone())
-            .or(report.archive_error.clone());
+        end_record(&mut record, &report)?;
         let manifest = state::Manifest::of_run(
             &record,
             mode.command(),
@@ -447,6 +388,90 @@ impl Pipeline {
         );
         Ok(report)
     }
+}
+
+/// The fetcher of a run: the API of the mode (none for a replay), the
+/// archived answers it may reuse (`index`), the raw archive it writes
+/// (not for a replay), the spend cap. Returns it, the archive writer and
+/// what the log calls the API.
+fn fetcher(
+    spec: &PipelineSpec,
+    mode: &Mode,
+    index: Option<ArchiveIndex>,
+    max_cost: Option<f64>,
+    archive_dir: &std::path::Path,
+    run_id: &str,
+    cancel: CancellationToken,
+) -> Result<(Fetcher, Option<Arc<ArchiveWriter>>, String)> {
+    let (api, offline) = match mode {
+        Mode::Fetch { api, .. } => (api.clone(), false),
+        // Replay never calls anything: the client is built but never used.
+        Mode::Replay { .. } => (
+            Api {
+                base_url: "http://127.0.0.1:9".into(),
+                login: String::new(),
+                password: Secret::new(""),
+                label: "none (replay from the archive)".into(),
+            },
+            true,
+        ),
+    };
+    let mut fetcher = Fetcher::new(
+        FetcherConfig {
+            base_url: api.base_url,
+            login: api.login,
+            password: api.password,
+            requests_per_minute: spec.requests_per_minute,
+            max_in_flight: spec.max_in_flight,
+            timeout: spec.timeout,
+            retry: spec.retry.clone(),
+        },
+        cancel,
+    )
+    .context("building the HTTP client")?;
+    if let Some(index) = index {
+        fetcher = fetcher.with_replay(Arc::new(index));
+    }
+    let archive = if offline {
+        fetcher = fetcher.offline();
+        None
+    } else {
+        let writer = Arc::new(
+            ArchiveWriter::new(archive_dir, run_id.to_owned())
+                .context("opening the raw archive")?,
+        );
+        fetcher = fetcher.with_archive(writer.clone());
+        Some(writer)
+    };
+    if let Some(cap) = max_cost {
+        fetcher = fetcher.with_budget(Arc::new(Budget::new(cap)));
+    }
+    Ok((fetcher, archive, api.label))
+}
+
+/// The run's row as it ended, from its report.
+fn end_record(record: &mut RunRecord, report: &RunReport) -> Result<()> {
+    record.finished_at = Some(Utc::now());
+    record.status = report.status;
+    record.units_ok = report.units_ok as i64;
+    record.units_failed = report.units_failed as i64;
+    record.requests = report.requests as i64;
+    record.retries = report.retries as i64;
+    record.cost_usd = report.cost_usd;
+    record.rows =
+        serde_json::to_string(&report.rows_by_name()).context("recording the rows per dataset")?;
+    record.unknown_fields =
+        serde_json::to_string(&report.unknown).context("recording the unknown fields")?;
+    record.replayed = report.replayed as i64;
+    record.replayed_cost_usd = report.replayed_cost;
+    record.error = report
+        .account_problem
+        .clone()
+        .or(report.budget_problem.clone())
+        .or(report.ledger_error.clone())
+        .or(report.index_error.clone())
+        .or(report.archive_error.clone());
+    Ok(())
 }
 
 /// Records one unit's outcome: its requests in the ledger, a failure in
