@@ -122,7 +122,7 @@ impl Sinks {
     pub async fn write_partition(
         &self,
         key: &PartitionKey,
-        parts: &[(Dataset, &RecordBatch)],
+        parts: &[(Dataset, RecordBatch)],
     ) -> Result<()> {
         let datasets: Vec<Dataset> = parts.iter().map(|(d, _)| *d).collect();
         let mut writer = self.begin(key, &datasets).await?;

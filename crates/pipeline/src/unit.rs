@@ -213,12 +213,7 @@ async fn single(
         Err(status) => return Ok(status),
     };
     let rows = rows(cx, module, key, fetched, 0).await?;
-    let datasets: Vec<Dataset> = rows.batches.iter().map(|(d, _)| *d).collect();
-    let mut writer = cx.sinks.begin(key, &datasets).await?;
-    for (dataset, batch) in &rows.batches {
-        writer.write(*dataset, batch).await?;
-    }
-    writer.commit().await?;
+    cx.sinks.write_partition(key, &rows.batches).await?;
     outcome.add_rows(&rows);
     Ok(UnitStatus::Ok)
 }
