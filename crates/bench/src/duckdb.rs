@@ -270,23 +270,7 @@ fn run(python: &Path, script: &Path, sql: &Path, threads: usize, dir: &Path) -> 
         .stdin(Stdio::null())
         .output()
         .map_err(|e| failed(e.to_string()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(failed(format!(
-            "exited with {:?}:\n{}",
-            output.status.code(),
-            tail.join("\n")
-        )));
-    }
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'));
-    serde_json::from_str(last.unwrap_or_default())
-        .map_err(|e| failed(format!("unreadable output ({e}): {stdout}")))
+    crate::peer::report_of(&output, failed)
 }
 
 /// Runs DuckDB on the archive (`runs` times, each into a new file) and

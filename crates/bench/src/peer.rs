@@ -119,6 +119,16 @@ pub fn run(
         message,
     };
     let output = command.output().map_err(|e| failed(e.to_string()))?;
+    report_of(&output, failed)
+}
+
+/// What a peer script reported: the last line of its output that is a
+/// JSON object. A script that failed is an error with the end of what it
+/// wrote to stderr.
+pub(crate) fn report_of<T: serde::de::DeserializeOwned>(
+    output: &std::process::Output,
+    failed: impl Fn(String) -> Error,
+) -> Result<T> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
