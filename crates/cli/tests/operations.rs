@@ -462,36 +462,38 @@ async fn a_database_that_does_not_match_the_migrations_is_refused_before_any_req
             "[endpoints.summary]\n[sinks.postgres]\nenabled = true\nmigrate = {migrate}\n[state]\ndir = \"state\"\n[sandbox]\nlatency_ms = 1\n"
         )
     };
-    let no_run_started = |name: &str| {
-        std::fs::read_dir(runs_dir(dir.path(), name))
+    // A run of pipeline `name` is refused with exit code 2, saying
+    // `problem` and to migrate, before any run started.
+    let refused = |name: &str, migrate: bool, problem: &str| {
+        let p = write_pipeline(
+            &dir.path().join(format!("{name}.toml")),
+            name,
+            &["a.example.com"],
+            &body(migrate),
+        );
+        let args = [
+            "run",
+            p.to_str().unwrap(),
+            "--as-of",
+            SNAPSHOT,
+            "--no-progress",
+        ];
+        let run = backlinks(&args, &env, dir.path());
+        assert_eq!(run.code(), 2, "{}", output_of(&run));
+        assert!(
+            run.stderr().contains(problem) && run.stderr().contains("backlinks migrate"),
+            "{}",
+            output_of(&run)
+        );
+        let no_run_started = std::fs::read_dir(runs_dir(dir.path(), name))
             .into_iter()
             .flatten()
             .flatten()
-            .all(|e| !e.file_name().to_string_lossy().ends_with(".json"))
+            .all(|e| !e.file_name().to_string_lossy().ends_with(".json"));
+        assert!(no_run_started, "{name}");
     };
     // Never migrated.
-    let p = write_pipeline(
-        &dir.path().join("never.toml"),
-        "never",
-        &["a.example.com"],
-        &body(false),
-    );
-    let args = [
-        "run",
-        p.to_str().unwrap(),
-        "--as-of",
-        SNAPSHOT,
-        "--no-progress",
-    ];
-    let run = backlinks(&args, &env, dir.path());
-    assert_eq!(run.code(), 2, "{}", output_of(&run));
-    assert!(
-        run.stderr().contains("table runs is missing")
-            && run.stderr().contains("backlinks migrate"),
-        "{}",
-        output_of(&run)
-    );
-    assert!(no_run_started("never"));
+    refused("never", false, "table runs is missing");
 
     // Migrated, then a column dropped by hand.
     let migrated = backlinks(&["migrate"], &env, dir.path());
@@ -501,28 +503,7 @@ async fn a_database_that_does_not_match_the_migrations_is_refused_before_any_req
         .execute(&mut conn)
         .await
         .unwrap();
-    let p = write_pipeline(
-        &dir.path().join("dropped.toml"),
-        "dropped",
-        &["a.example.com"],
-        &body(true),
-    );
-    let args = [
-        "run",
-        p.to_str().unwrap(),
-        "--as-of",
-        SNAPSHOT,
-        "--no-progress",
-    ];
-    let run = backlinks(&args, &env, dir.path());
-    assert_eq!(run.code(), 2, "{}", output_of(&run));
-    assert!(
-        run.stderr().contains("table backlinks lacks column anchor")
-            && run.stderr().contains("backlinks migrate"),
-        "{}",
-        output_of(&run)
-    );
-    assert!(no_run_started("dropped"));
+    refused("dropped", true, "table backlinks lacks column anchor");
 }
 
 #[tokio::test]
